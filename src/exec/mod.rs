@@ -1,0 +1,161 @@
+//! Executors: what a shard does. The [`Executor`] trait, the context a shard
+//! runs with, cancellation, and the builder that turns a stage's executor
+//! name and config into an executor.
+//!
+//! The scheduler that runs shards on the pools lives in [`scheduler`]; how
+//! it works (states, termination, ordering, backpressure) is explained in
+//! `src/exec/README.md`.
+//!
+//! Executors must be idempotent and deterministic: running a shard twice
+//! gives the same output digest. Where a shard's work is made of units
+//! (items, files, rows), the digest is the RFC 6962 tree hash of the unit
+//! digests of `ctx.units`, so a shard split at the tree's own power-of-two
+//! boundaries recombines to the same digest.
+
+pub mod scheduler;
+pub mod shell;
+pub mod synthetic;
+
+use crate::hash::Hash;
+use crate::partition::PartitionInput;
+use crate::plan::{ExecutorKind, Stage};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Cancellation seen by a running shard: the run's abort flag plus the
+/// shard's own deadline (`HXO_SHARD_TIMEOUT_MS`).
+pub struct CancelToken<'a> {
+    run: &'a AtomicBool,
+    deadline: Option<Instant>,
+}
+
+impl<'a> CancelToken<'a> {
+    pub fn new(run: &'a AtomicBool, deadline: Option<Instant>) -> Self {
+        CancelToken { run, deadline }
+    }
+
+    /// True once the run is aborted or the shard's deadline has passed.
+    pub fn is_cancelled(&self) -> bool {
+        self.run.load(Ordering::Relaxed) || self.timed_out()
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+/// Everything a shard execution may look at.
+pub struct ShardContext<'a> {
+    pub plan_id: &'a str,
+    pub stage_id: &'a str,
+    pub leaf_index: u64,
+    pub cas_id: &'a Hash,
+    pub input: &'a PartitionInput,
+    /// The units this call processes: `0..unit_count`, or a sub-range when
+    /// hot-shard splitting split the shard.
+    pub units: Range<u64>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub artifacts_dir: &'a Path,
+    pub cancel: &'a CancelToken<'a>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("timed out")]
+    TimedOut,
+}
+
+pub trait Executor: Send + Sync {
+    /// True when the executor blocks on a subprocess or I/O: such shards run
+    /// on the blocking lane (`HXO_MAX_CONCURRENCY` threads), not the CPU pool.
+    fn is_blocking(&self) -> bool {
+        false
+    }
+
+    /// True when the digest is a tree hash over units, so the shard may be
+    /// split into sub-ranges of units.
+    fn is_splittable(&self) -> bool {
+        false
+    }
+
+    /// Runs `ctx.units` of the shard and returns its output digest.
+    fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError>;
+}
+
+/// A stage config value the executor cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds the executor of `stage`. `base_dir` resolves relative paths.
+pub fn build(stage: &Stage, base_dir: &Path) -> Result<Arc<dyn Executor>, ConfigError> {
+    let config = &stage.config;
+    Ok(match stage.executor {
+        ExecutorKind::Synthetic => Arc::new(synthetic::Synthetic::from_config(config)?),
+        ExecutorKind::Exec => Arc::new(shell::Shell::from_config(config, base_dir)?),
+        other => {
+            return Err(ConfigError::new(
+                "executor",
+                format!("executor {} is not available in this build", other.name()),
+            ))
+        }
+    })
+}
+
+/// Reads an optional non-negative number from a config map.
+pub(crate) fn config_f64(
+    config: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    default: f64,
+) -> Result<f64, ConfigError> {
+    match config.get(key) {
+        None => Ok(default),
+        Some(value) => value
+            .as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| {
+                ConfigError::new(key, format!("expected a non-negative number, got {value}"))
+            }),
+    }
+}
+
+pub(crate) fn config_u64(
+    config: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match config.get(key) {
+        None => Ok(default),
+        Some(value) => value.as_u64().ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!("expected a non-negative whole number, got {value}"),
+            )
+        }),
+    }
+}

@@ -1,0 +1,50 @@
+//! Every bound HXO keeps, in one place, with the relations between them
+//! checked at compile time (TigerBeetle's `constants.zig` habit).
+//!
+//! A queue, batch, record or plan that is not bounded here is a bug.
+
+/// Largest plan file or HTTP plan body accepted, in bytes.
+pub const PLAN_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// Hard ceiling on shards per plan, whatever `HXO_MAX_SHARDS` says: shard
+/// indices are `u32` in the DAG arena.
+pub const SHARDS_MAX_CEILING: u64 = u32::MAX as u64;
+
+/// Outcomes a worker accumulates before handing them to the collector.
+pub const OUTCOME_BATCH_MAX: usize = 256;
+
+/// Batches in flight between the pool and the collector (backpressure: a
+/// worker blocks when this many batches wait).
+pub const OUTCOME_QUEUE_BATCHES_MAX: usize = 1024;
+
+/// Records the collector appends before one group commit.
+pub const COMMIT_RECORDS_MAX: usize = 65_536;
+
+/// Shards handed to one pool job when many become ready at once.
+pub const READY_CHUNK_MAX: usize = 1024;
+
+/// Bytes of an executor's error message kept in the log and reports.
+pub const ERROR_TEXT_BYTES_MAX: usize = 2048;
+
+/// Bytes of a subprocess's stdout hashed and kept (beyond it the shard fails).
+pub const EXEC_STDOUT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Per-shard events kept in the in-memory ring.
+pub const EVENT_RING_MAX: usize = 16_384;
+
+/// Events buffered per live subscriber before it is dropped as too slow.
+pub const SUBSCRIBER_QUEUE_MAX: usize = 4096;
+
+/// Inclusion proofs sampled when certifying a root.
+pub const CERTIFY_SAMPLE_PROOFS: usize = 32;
+
+/// Stages per plan.
+pub const STAGES_MAX: usize = 1024;
+
+/// Largest retry backoff, however many attempts.
+pub const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
+
+const _: () = assert!(OUTCOME_BATCH_MAX <= COMMIT_RECORDS_MAX);
+const _: () = assert!(READY_CHUNK_MAX as u64 <= SHARDS_MAX_CEILING);
+const _: () = assert!(ERROR_TEXT_BYTES_MAX < PLAN_BYTES_MAX as usize);
+const _: () = assert!(CERTIFY_SAMPLE_PROOFS > 0);
