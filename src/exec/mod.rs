@@ -12,9 +12,19 @@
 //! digests of `ctx.units`, so a shard split at the tree's own power-of-two
 //! boundaries recombines to the same digest.
 
+pub mod config;
+pub mod docs_index;
+pub mod index_assets;
+pub mod pack_backend;
+pub mod prime_caches;
 pub mod scheduler;
 pub mod shell;
+pub mod sql_migrate;
+pub mod support;
 pub mod synthetic;
+pub mod warm_registry;
+
+pub use config::ConfigError;
 
 use crate::hash::Hash;
 use crate::partition::PartitionInput;
@@ -25,21 +35,66 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+enum Flag<'a> {
+    Shared(&'a AtomicBool),
+    Own(AtomicBool),
+}
+
 /// Cancellation seen by a running shard: the run's abort flag plus the
 /// shard's own deadline (`HXO_SHARD_TIMEOUT_MS`).
 pub struct CancelToken<'a> {
-    run: &'a AtomicBool,
+    flag: Flag<'a>,
     deadline: Option<Instant>,
 }
 
-impl<'a> CancelToken<'a> {
-    pub fn new(run: &'a AtomicBool, deadline: Option<Instant>) -> Self {
-        CancelToken { run, deadline }
+impl CancelToken<'static> {
+    /// A token of its own, never cancelled unless [`CancelToken::cancel`]
+    /// is called.
+    pub fn new() -> Self {
+        CancelToken {
+            flag: Flag::Own(AtomicBool::new(false)),
+            deadline: None,
+        }
     }
 
-    /// True once the run is aborted or the shard's deadline has passed.
+    /// A token of its own that times out at `deadline`.
+    pub fn with_deadline(deadline: Instant) -> Self {
+        CancelToken {
+            flag: Flag::Own(AtomicBool::new(false)),
+            deadline: Some(deadline),
+        }
+    }
+}
+
+impl Default for CancelToken<'static> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> CancelToken<'a> {
+    /// A token that follows the run's stop flag and the shard's deadline.
+    pub fn for_run(run: &'a AtomicBool, deadline: Option<Instant>) -> Self {
+        CancelToken {
+            flag: Flag::Shared(run),
+            deadline,
+        }
+    }
+
+    fn flag(&self) -> &AtomicBool {
+        match &self.flag {
+            Flag::Shared(flag) => flag,
+            Flag::Own(flag) => flag,
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.flag().store(true, Ordering::SeqCst);
+    }
+
+    /// True once the run is stopped or the shard's deadline has passed.
     pub fn is_cancelled(&self) -> bool {
-        self.run.load(Ordering::Relaxed) || self.timed_out()
+        self.flag().load(Ordering::Relaxed) || self.timed_out()
     }
 
     pub fn timed_out(&self) -> bool {
@@ -95,34 +150,29 @@ pub trait Executor: Send + Sync {
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError>;
 }
 
-/// A stage config value the executor cannot use.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Builds the executor of `stage`. `base_dir` resolves relative paths.
 pub fn build(stage: &Stage, base_dir: &Path) -> Result<Arc<dyn Executor>, ConfigError> {
     let config = &stage.config;
     Ok(match stage.executor {
         ExecutorKind::Synthetic => Arc::new(synthetic::Synthetic::from_config(config)?),
         ExecutorKind::Exec => Arc::new(shell::Shell::from_config(config, base_dir)?),
-        other => {
-            return Err(ConfigError::new(
-                "executor",
-                format!("executor {} is not available in this build", other.name()),
-            ))
+        ExecutorKind::PackBackend => {
+            Arc::new(pack_backend::PackBackend::from_config(config, base_dir)?)
+        }
+        ExecutorKind::IndexAssets => {
+            Arc::new(index_assets::IndexAssets::from_config(config, base_dir)?)
+        }
+        ExecutorKind::DocsIndex => Arc::new(docs_index::DocsIndex::from_config(config, base_dir)?),
+        ExecutorKind::WarmRegistry => {
+            Arc::new(warm_registry::WarmRegistry::from_config(config, base_dir)?)
+        }
+        ExecutorKind::PrimeCaches => {
+            Arc::new(prime_caches::PrimeCaches::from_config(config, base_dir)?)
+        }
+        ExecutorKind::SqlMigrate => {
+            let mut executor = sql_migrate::SqlMigrate::from_config(config, base_dir)?;
+            executor.require_dry_run = stage.blueprint.require_dry_run;
+            Arc::new(executor)
         }
     })
 }
@@ -130,7 +180,7 @@ pub fn build(stage: &Stage, base_dir: &Path) -> Result<Arc<dyn Executor>, Config
 /// Reads an optional non-negative number from a config map.
 pub(crate) fn config_f64(
     config: &serde_json::Map<String, serde_json::Value>,
-    key: &str,
+    key: &'static str,
     default: f64,
 ) -> Result<f64, ConfigError> {
     match config.get(key) {
@@ -138,24 +188,23 @@ pub(crate) fn config_f64(
         Some(value) => value
             .as_f64()
             .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| {
-                ConfigError::new(key, format!("expected a non-negative number, got {value}"))
+            .ok_or_else(|| ConfigError::Invalid {
+                key,
+                reason: format!("expected a non-negative number, got {value}"),
             }),
     }
 }
 
 pub(crate) fn config_u64(
     config: &serde_json::Map<String, serde_json::Value>,
-    key: &str,
+    key: &'static str,
     default: u64,
 ) -> Result<u64, ConfigError> {
     match config.get(key) {
         None => Ok(default),
-        Some(value) => value.as_u64().ok_or_else(|| {
-            ConfigError::new(
-                key,
-                format!("expected a non-negative whole number, got {value}"),
-            )
+        Some(value) => value.as_u64().ok_or_else(|| ConfigError::Invalid {
+            key,
+            reason: format!("expected a non-negative whole number, got {value}"),
         }),
     }
 }

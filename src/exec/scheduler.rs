@@ -646,7 +646,7 @@ impl Shared {
         for attempt in 1..=self.options.max_attempts {
             attempts = attempt;
             let deadline = Instant::now() + Duration::from_millis(self.options.shard_timeout_ms);
-            let cancel = CancelToken::new(&self.control.cancel, Some(deadline));
+            let cancel = CancelToken::for_run(&self.control.cancel, Some(deadline));
             let ctx = ShardContext {
                 plan_id: &self.input.plan_id,
                 stage_id: &self.input.stage_ids[stage],

@@ -19,7 +19,7 @@ use super::{ConfigError, ExecError, Executor, ShardContext};
 use crate::hash::{to_hex, Hash};
 use crate::limits::{ERROR_TEXT_BYTES_MAX, EXEC_STDOUT_BYTES_MAX};
 use crate::partition::PartitionInput;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -35,17 +35,11 @@ pub struct Shell {
 }
 
 impl Shell {
-    pub fn from_config(config: &Map<String, Value>, base_dir: &Path) -> Result<Self, ConfigError> {
-        let command = match config.get("command") {
-            Some(Value::String(text)) if !text.trim().is_empty() => text.clone(),
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "command",
-                    format!("expected a non-empty string, got {other}"),
-                ))
-            }
-            None => return Err(ConfigError::new("command", "required for executor exec")),
-        };
+    pub fn from_config(
+        config: &Map<String, serde_json::Value>,
+        base_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let command = super::config::required_str(config, "command")?.to_string();
         Ok(Shell {
             command,
             working_dir: base_dir.to_path_buf(),
@@ -225,18 +219,20 @@ impl Executor for Shell {
 mod tests {
     use super::*;
     use crate::exec::CancelToken;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     fn run(command: &str, deadline: Option<Instant>) -> Result<Hash, ExecError> {
         let mut config = Map::new();
-        config.insert("command".into(), Value::String(command.into()));
+        config.insert("command".into(), serde_json::Value::String(command.into()));
         let shell = Shell::from_config(&config, Path::new("/")).unwrap();
-        let flag = AtomicBool::new(false);
-        let cancel = CancelToken::new(&flag, deadline);
+        let cancel = match deadline {
+            Some(deadline) => CancelToken::with_deadline(deadline),
+            None => CancelToken::new(),
+        };
         let input = PartitionInput::Range { start: 10, end: 12 };
         let cas = [1u8; 32];
         let ctx = ShardContext {
+            attempt: 1,
             plan_id: "plan-1",
             stage_id: "stage",
             leaf_index: 3,

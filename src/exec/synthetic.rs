@@ -31,13 +31,13 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn from_config(config: &Map<String, Value>) -> Result<Self, ConfigError> {
-        let rate = |key: &str| -> Result<f64, ConfigError> {
+        let rate = |key: &'static str| -> Result<f64, ConfigError> {
             let value = config_f64(config, key, 0.0)?;
             if value > 1.0 {
-                return Err(ConfigError::new(
+                return Err(ConfigError::Invalid {
                     key,
-                    format!("must be between 0 and 1, got {value}"),
-                ));
+                    reason: format!("must be between 0 and 1, got {value}"),
+                });
             }
             Ok(value)
         };
@@ -164,21 +164,20 @@ impl Executor for Synthetic {
 mod tests {
     use super::*;
     use crate::exec::CancelToken;
-    use std::sync::atomic::AtomicBool;
 
     fn run(
         executor: &Synthetic,
         units: std::ops::Range<u64>,
         attempt: u32,
     ) -> Result<Hash, ExecError> {
-        let flag = AtomicBool::new(false);
-        let cancel = CancelToken::new(&flag, None);
+        let cancel = CancelToken::new();
         let input = PartitionInput::Range {
             start: 100,
             end: 108,
         };
         let cas = [9u8; 32];
         let ctx = ShardContext {
+            attempt: 1,
             plan_id: "p",
             stage_id: "s",
             leaf_index: 0,
@@ -231,6 +230,6 @@ mod tests {
         let Value::Object(bad) = serde_json::from_str(r#"{"fail_rate": 1.5}"#).unwrap() else {
             panic!()
         };
-        assert_eq!(Synthetic::from_config(&bad).unwrap_err().key, "fail_rate");
+        assert_eq!(Synthetic::from_config(&bad).unwrap_err().key(), "fail_rate");
     }
 }

@@ -14,9 +14,11 @@
 //! points at another stage, and the dependency graph is acyclic.
 
 mod kinds;
+mod manifest;
 mod spec;
 
 pub use kinds::{kind_names, Blueprint, ExecutorKind, PartitionerKind, SchedulerKind, BLUEPRINTS};
+pub use manifest::{Manifest, ManifestStage, MANIFEST_FORMAT};
 pub use spec::{ConstraintsSpec, PlanSpec, StageSpec};
 
 use serde_json::{Map, Value};

@@ -1,1 +1,8 @@
-fn main() {}
+//! HXO's integration tests: one binary (ripgrep's layout), one module per
+//! area, each with its own `check()`-style helpers in `support`.
+
+mod crash;
+mod merkle;
+mod plans;
+mod run;
+mod support;

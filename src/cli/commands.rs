@@ -1,0 +1,603 @@
+//! One function per subcommand. Each resolves settings, opens the store
+//! (read-only for the commands that only look), calls the engine and
+//! prints either the human form or `--json`.
+
+use super::progress::Bar;
+use super::{exit, signals, Cli, CliError, Command, GlobalArgs, PlanCommand};
+use crate::engine::{self, Compiled, Engine, RunEnd, RunSummary};
+use crate::exec::scheduler::Control;
+use crate::hash::to_hex;
+use crate::log::PlanId;
+use crate::plan::{PlanSpec, StageSpec};
+use crate::settings::{Overrides, Settings};
+use crate::store::{plan_id_text, Store};
+use anyhow::Context;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The plan `hxo run` runs when given none: the three-stage synthetic DAG
+/// of the fixtures, embedded so it works from any directory.
+pub const DEFAULT_PLAN: &str = include_str!("../../fixtures/plans/valid/pipeline.json");
+
+fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
+    Ok(Settings::from_env(Overrides {
+        db_path: global.db.clone(),
+        artifacts_dir: global.artifacts.clone(),
+        threads: global.threads.clone(),
+        max_concurrency: global.max_concurrency.clone(),
+        shard_timeout_ms: global.shard_timeout_ms.clone(),
+        max_attempts: global.max_attempts.clone(),
+    })?)
+}
+
+/// Prints to stdout; a closed pipe (`hxo export | head`) is not an error.
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Internal(
+            anyhow::Error::new(e).context("writing to stdout"),
+        )),
+    }
+}
+
+fn emit_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).context("serialising output")?;
+    emit(&format!("{text}\n"))
+}
+
+fn read_plan(path: &Path) -> Result<(PlanSpec, PathBuf), CliError> {
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| CliError::Usage(format!("plan file {}: {e}", path.display())))?;
+    if metadata.len() > crate::limits::PLAN_BYTES_MAX {
+        return Err(CliError::Usage(format!(
+            "plan file {}: {} bytes is over the limit of {} bytes",
+            path.display(),
+            metadata.len(),
+            crate::limits::PLAN_BYTES_MAX
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("plan file {}: {e}", path.display())))?;
+    let spec = PlanSpec::from_json(&text)?;
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((spec, base_dir))
+}
+
+fn open_engine(global: &GlobalArgs) -> Result<Arc<Engine>, CliError> {
+    Ok(Engine::open(settings(global)?, global.salvage)?)
+}
+
+/// For commands that only read: no lock, so they work beside a running
+/// `hxo run`.
+fn open_read_only(global: &GlobalArgs) -> Result<Arc<Engine>, CliError> {
+    let settings = settings(global)?;
+    if !settings.db_path.exists() {
+        return Err(CliError::Usage(format!(
+            "no checkpoint store at {} (set HXO_DB_PATH or --db)",
+            settings.db_path.display()
+        )));
+    }
+    let store = Store::open_read_only(&settings.db_path).map_err(engine::EngineError::from)?;
+    Ok(Engine::with_store(settings, Arc::new(store)))
+}
+
+pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Run { plan, dry_run } => {
+            let (spec, base_dir) = match plan {
+                Some(path) => read_plan(&path)?,
+                None => (PlanSpec::from_json(DEFAULT_PLAN)?, PathBuf::from(".")),
+            };
+            run_new(global, spec, &base_dir, dry_run)
+        }
+        Command::Plan(PlanCommand::Validate { plan }) => validate(global, &plan),
+        Command::Plan(PlanCommand::Explain { plan }) => explain(global, &plan),
+        Command::Deploy {
+            stages,
+            root,
+            database,
+            dry_run,
+        } => {
+            let spec = deploy_plan(&stages, database.as_deref())?;
+            run_new(global, spec, &root, dry_run)
+        }
+        Command::Resume { plan_id } => resume(global, plan_id.as_deref()),
+        Command::Plans => plans(global),
+        Command::Status { plan_id } => status(global, &plan_id, false),
+        Command::Report { plan_id } => status(global, &plan_id, true),
+        Command::Replay { plan_id } => replay(global, &plan_id),
+        Command::Abort { plan_id } => abort(global, &plan_id),
+        Command::Verify { plan_id } => verify(global, &plan_id),
+        Command::Proof { plan_id, cas_id } => {
+            let engine = open_read_only(global)?;
+            let id = engine.find(&plan_id)?;
+            let proof = engine.proof(&id, &cas_id)?;
+            emit_json(&proof)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Export { plan_id } => {
+            let engine = open_read_only(global)?;
+            let id = engine.find(&plan_id)?;
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            engine.export(&id, &mut stdout)?;
+            let _ = stdout.flush();
+            Ok(exit::SUCCESS)
+        }
+        Command::Events { topic, plan_id } => events(global, topic.as_deref(), plan_id.as_deref()),
+        Command::Serve { bind } => crate::http::serve_cli(settings(global)?, &bind, global.salvage),
+        Command::Gc => gc(global),
+        Command::Config => config(global),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut buffer = Vec::new();
+            clap_complete::generate(shell, &mut command, "hxo", &mut buffer);
+            emit(&String::from_utf8_lossy(&buffer))?;
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(end: &RunEnd) -> u8 {
+    match end {
+        RunEnd::Succeeded => exit::SUCCESS,
+        RunEnd::Failed => exit::FAILED_SHARDS,
+        RunEnd::Aborted => exit::ABORTED,
+        RunEnd::Interrupted => exit::INTERRUPTED,
+    }
+}
+
+fn print_summary(global: &GlobalArgs, summary: &RunSummary) -> Result<(), CliError> {
+    if global.json {
+        emit_json(&summary.report)
+    } else {
+        emit(&summary.report.render())
+    }
+}
+
+/// Runs one accepted plan with a progress bar and Ctrl-C handling.
+fn execute(
+    engine: &Arc<Engine>,
+    plan_id: PlanId,
+    compiled: &Compiled,
+) -> Result<RunSummary, CliError> {
+    let control = Control::new();
+    signals::watch(&control);
+    let bar = Bar::for_terminal(compiled.dag.shard_count() as u64);
+    let progress = bar.as_ref().map(|b| b as &dyn engine::Progress);
+    let summary = engine.execute(plan_id, compiled, control, progress)?;
+    if summary.end == RunEnd::Interrupted {
+        eprintln!(
+            "hxo: interrupted; resume with `hxo resume {}`",
+            plan_id_text(&plan_id)
+        );
+    }
+    Ok(summary)
+}
+
+fn run_new(
+    global: &GlobalArgs,
+    spec: PlanSpec,
+    base_dir: &Path,
+    dry_run: bool,
+) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    let compiled = engine.compile(spec, base_dir)?;
+    let plan_id = engine.accept(&compiled, &whoami(), dry_run)?;
+    tracing::info!(plan_id = %plan_id_text(&plan_id), shards = compiled.dag.shard_count(), "plan accepted");
+    let summary = execute(&engine, plan_id, &compiled);
+    engine.close()?;
+    let summary = summary?;
+    print_summary(global, &summary)?;
+    Ok(exit_code(&summary.end))
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
+}
+
+fn validate(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    let (spec, base_dir) = read_plan(path)?;
+    let defaults = crate::plan::PlanDefaults {
+        default_slo_ms: settings.default_slo_ms,
+        max_shards: settings.max_shards,
+    };
+    let compiled = engine::compile(spec, &base_dir, defaults)?;
+    if global.json {
+        emit_json(&json!({"valid": true, "name": compiled.plan.name,
+                          "total_shards": compiled.dag.shard_count()}))?;
+    } else {
+        emit(&format!(
+            "plan {} is valid: {} stages, {} shards\n",
+            compiled.plan.name,
+            compiled.plan.stages.len(),
+            compiled.dag.shard_count()
+        ))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// The DAG summary `plan explain` prints (also what fixtures snapshot).
+pub fn explain_json(compiled: &Compiled) -> serde_json::Value {
+    let stages: Vec<_> = compiled
+        .plan
+        .stages
+        .iter()
+        .zip(&compiled.dag.stages)
+        .map(|(stage, dag_stage)| {
+            let samples: Vec<String> = dag_stage
+                .leaves()
+                .take(3)
+                .map(|leaf| to_hex(compiled.dag.cas_id(crate::dag::LeafIndex(leaf))))
+                .collect();
+            json!({
+                "id": stage.id,
+                "kind": stage.blueprint.kind,
+                "partitioner": stage.partitioner.name(),
+                "executor": stage.executor.name(),
+                "scheduler": stage.scheduler.name(),
+                "slo_ms": stage.slo_ms,
+                "shards": dag_stage.shard_count,
+                "first_leaf": dag_stage.first_leaf,
+                "collapsed_duplicates": dag_stage.collapsed_count,
+                "chained": dag_stage.chained,
+                "upstream": dag_stage.upstream.iter().map(|(up, join)| json!({
+                    "stage": compiled.plan.stages[*up].id, "join": join.name()
+                })).collect::<Vec<_>>(),
+                "sample_cas_ids": samples,
+            })
+        })
+        .collect();
+    json!({
+        "name": compiled.plan.name,
+        "total_shards": compiled.dag.shard_count(),
+        "shard_edges": compiled.dag.edge_count(),
+        "max_shards": compiled.plan.shards_max,
+        "timebox_ms": compiled.plan.timebox_ms,
+        "dag_digest": to_hex(&compiled.dag.dag_digest),
+        "stages": stages,
+    })
+}
+
+fn explain(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    let (spec, base_dir) = read_plan(path)?;
+    let defaults = crate::plan::PlanDefaults {
+        default_slo_ms: settings.default_slo_ms,
+        max_shards: settings.max_shards,
+    };
+    let compiled = engine::compile(spec, &base_dir, defaults)?;
+    let summary = explain_json(&compiled);
+    if global.json {
+        emit_json(&summary)?;
+        return Ok(exit::SUCCESS);
+    }
+    let mut text = format!(
+        "plan {}: {} shards, {} shard-level edges, DAG digest {}\n",
+        compiled.plan.name,
+        compiled.dag.shard_count(),
+        compiled.dag.edge_count(),
+        &summary["dag_digest"].as_str().unwrap_or("")[..16]
+    );
+    for stage in summary["stages"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "  {} ({}, {} -> {}, {}): {} shards",
+            stage["id"].as_str().unwrap_or(""),
+            stage["kind"].as_str().unwrap_or(""),
+            stage["partitioner"].as_str().unwrap_or(""),
+            stage["executor"].as_str().unwrap_or(""),
+            stage["scheduler"].as_str().unwrap_or(""),
+            stage["shards"]
+        ));
+        for up in stage["upstream"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                ", after {} ({})",
+                up["stage"].as_str().unwrap_or(""),
+                up["join"].as_str().unwrap_or("")
+            ));
+        }
+        text.push('\n');
+        for cas in stage["sample_cas_ids"].as_array().into_iter().flatten() {
+            text.push_str(&format!("      {}\n", cas.as_str().unwrap_or("")));
+        }
+    }
+    emit(&text)?;
+    Ok(exit::SUCCESS)
+}
+
+/// The guide's Method 2: `hxo deploy --stages pack,migrate,prime`.
+pub fn deploy_plan(stages: &[String], database: Option<&Path>) -> Result<PlanSpec, CliError> {
+    let mut specs = Vec::new();
+    for name in stages {
+        let (id, kind) = match name.trim() {
+            "pack" => ("pack_backend", "deploy.pack"),
+            "migrate" => ("db_migrate", "deploy.migrate"),
+            "prime" => ("prime_registry", "deploy.prime"),
+            "assets" => ("index_assets", "assets.index"),
+            "docs" => ("index_docs", "docs.index"),
+            other => return Err(CliError::Usage(format!(
+                "--stages: unknown stage {other:?} (expected pack, migrate, prime, assets or docs)"
+            ))),
+        };
+        if specs.iter().any(|s: &StageSpec| s.id == id) {
+            return Err(CliError::Usage(format!("--stages: {name} is listed twice")));
+        }
+        let config = match (kind, database) {
+            ("deploy.migrate", Some(db)) => {
+                let mut map = serde_json::Map::new();
+                map.insert("database".into(), db.display().to_string().into());
+                Some(map)
+            }
+            _ => None,
+        };
+        specs.push(StageSpec {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            slo_ms: None,
+            partitioner: None,
+            executor: None,
+            scheduler: None,
+            dependencies: None,
+            config,
+        });
+    }
+    Ok(PlanSpec {
+        name: "deploy_full_stack".into(),
+        stages: specs,
+        constraints: None,
+    })
+}
+
+fn resume(global: &GlobalArgs, plan_id: Option<&str>) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    let targets = match plan_id {
+        Some(text) => vec![engine.find(text)?],
+        None => engine.incomplete_plans(),
+    };
+    if targets.is_empty() {
+        eprintln!("hxo: no incomplete plans");
+        engine.close()?;
+        return Ok(exit::SUCCESS);
+    }
+    let mut worst = exit::SUCCESS;
+    let mut result = Ok(());
+    for plan_id in targets {
+        let step = (|| -> Result<RunSummary, CliError> {
+            let compiled = engine.recompile(&plan_id)?;
+            engine.note_resume(&plan_id)?;
+            eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
+            execute(&engine, plan_id, &compiled)
+        })();
+        match step {
+            Ok(summary) => {
+                print_summary(global, &summary)?;
+                worst = worst.max(exit_code(&summary.end));
+                if summary.end == RunEnd::Interrupted {
+                    break;
+                }
+            }
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        }
+    }
+    engine.close()?;
+    result.map(|()| worst)
+}
+
+fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    let plan_id = engine.find(text)?;
+    let outcome = (|| -> Result<RunSummary, CliError> {
+        let compiled = engine.recompile(&plan_id)?;
+        let count = engine.prepare_replay(&plan_id, &compiled, &whoami())?;
+        eprintln!(
+            "hxo: replaying {count} shards of plan {}",
+            plan_id_text(&plan_id)
+        );
+        execute(&engine, plan_id, &compiled)
+    })();
+    engine.close()?;
+    let summary = outcome?;
+    print_summary(global, &summary)?;
+    Ok(exit_code(&summary.end))
+}
+
+fn abort(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    let plan_id = engine.find(text)?;
+    let result = engine.abort(&plan_id, &whoami());
+    engine.close()?;
+    result?;
+    if global.json {
+        emit_json(&json!({"plan_id": plan_id_text(&plan_id), "status": "aborted"}))?;
+    } else {
+        emit(&format!("plan {} aborted\n", plan_id_text(&plan_id)))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
+    let engine = open_read_only(global)?;
+    let plan_id = engine.find(text)?;
+    let verification = engine.verify(&plan_id)?;
+    if global.json {
+        emit_json(&verification)?;
+    } else {
+        emit(&format!(
+            "recorded root   {}\nrecomputed root {}\ntree size {}, {}/{} inclusion proofs verified\n{}\n",
+            verification.recorded_root,
+            verification.recomputed_root,
+            verification.tree_size,
+            verification.proofs_verified,
+            verification.proofs_checked,
+            if verification.ok { "verified" } else { "VERIFICATION FAILED" }
+        ))?;
+    }
+    if verification.ok {
+        Ok(exit::SUCCESS)
+    } else {
+        Err(CliError::Verify(format!(
+            "plan {}: the log does not reproduce the recorded root",
+            plan_id_text(&plan_id)
+        )))
+    }
+}
+
+fn plans(global: &GlobalArgs) -> Result<u8, CliError> {
+    let engine = open_read_only(global)?;
+    let mut rows = Vec::new();
+    for entry in engine.store.plans() {
+        let id = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan_id;
+        rows.push(engine.report(&id)?);
+    }
+    if global.json {
+        let summaries: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"plan_id": r.plan_id, "plan_name": r.plan_name, "status": r.status,
+                            "total_shards": r.total_shards, "done_shards": r.done_shards,
+                            "failed_shards": r.failed_shards, "merkle_root": r.merkle_root,
+                            "started_at": r.started_at})
+            })
+            .collect();
+        emit_json(&summaries)?;
+    } else {
+        let mut text = String::new();
+        for r in &rows {
+            text.push_str(&format!(
+                "{}  {:<10} {:>9}/{:<9} {}  {}\n",
+                r.plan_id, r.status, r.done_shards, r.total_shards, r.started_at, r.plan_name
+            ));
+        }
+        if rows.is_empty() {
+            text.push_str("no plans\n");
+        }
+        emit(&text)?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn status(global: &GlobalArgs, text: &str, full: bool) -> Result<u8, CliError> {
+    let engine = open_read_only(global)?;
+    let plan_id = engine.find(text)?;
+    let report = engine.report(&plan_id)?;
+    if global.json {
+        if full {
+            emit_json(&report)?;
+        } else {
+            emit_json(&json!({
+                "plan_id": report.plan_id, "plan_name": report.plan_name, "status": report.status,
+                "total_shards": report.total_shards, "pending_shards": report.pending_shards,
+                "claimed_shards": report.claimed_shards, "running_shards": report.running_shards,
+                "done_shards": report.done_shards, "failed_shards": report.failed_shards,
+                "merkle_root": report.merkle_root, "truth_certified": report.truth_certified,
+                "eta_seconds": report.eta_seconds,
+            }))?;
+        }
+    } else {
+        emit(&report.render())?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Result<u8, CliError> {
+    if let Some(topic) = topic {
+        if crate::events::topic(topic).is_none() {
+            return Err(CliError::Usage(format!(
+                "--topic: unknown topic {topic:?} (expected one of {})",
+                crate::events::TOPICS.join(", ")
+            )));
+        }
+    }
+    let engine = open_read_only(global)?;
+    let plan_text = match plan {
+        Some(text) => Some(plan_id_text(&engine.find(text)?)),
+        None => None,
+    };
+    let mut out = String::new();
+    for event in engine.store.durable_events() {
+        if topic.is_some_and(|t| event.topic != t) {
+            continue;
+        }
+        if plan_text
+            .as_deref()
+            .is_some_and(|p| event.plan_id() != Some(p))
+        {
+            continue;
+        }
+        if global.json {
+            out.push_str(&event.to_json().to_string());
+        } else {
+            out.push_str(&format!(
+                "{:>6} {} {:<24} {}",
+                event.seq,
+                crate::report::rfc3339(event.at_ms),
+                event.topic,
+                event.data_json()
+            ));
+        }
+        out.push('\n');
+    }
+    emit(&out)?;
+    Ok(exit::SUCCESS)
+}
+
+fn gc(global: &GlobalArgs) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    let report = crate::log::compact(&settings.db_path, crate::log::LogOptions::default())
+        .map_err(|e| engine::EngineError::Store(e.into()))?;
+    if global.json {
+        emit_json(
+            &json!({"records_before": report.records_before, "records_after": report.records_after}),
+        )?;
+    } else {
+        emit(&format!(
+            "compacted {}: {} records -> {}\n",
+            settings.db_path.display(),
+            report.records_before,
+            report.records_after
+        ))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn config(global: &GlobalArgs) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    if global.json {
+        let map: serde_json::Map<String, serde_json::Value> = settings
+            .sources
+            .iter()
+            .map(|(name, value, source)| {
+                (
+                    name.to_string(),
+                    json!({"value": value, "source": source.as_str()}),
+                )
+            })
+            .collect();
+        emit_json(&map)?;
+    } else {
+        let mut text = String::new();
+        for (name, value, source) in &settings.sources {
+            text.push_str(&format!("{name:<24} {value:<24} ({})\n", source.as_str()));
+        }
+        emit(&text)?;
+    }
+    Ok(exit::SUCCESS)
+}

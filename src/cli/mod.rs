@@ -1,0 +1,187 @@
+//! The command line: parses arguments with clap, resolves settings (flags
+//! beat `HXO_*` variables, which beat defaults) and calls the engine.
+//!
+//! Machine output (`--json`) goes to stdout and is stable; logs and the
+//! progress bar go to stderr (no bar when stderr is not a terminal). Exit
+//! codes are DESIGN section 7's, mapped in [`CliError::exit_code`].
+
+mod commands;
+mod progress;
+mod signals;
+
+use crate::engine::EngineError;
+use crate::plan::PlanError;
+use crate::settings::SettingsError;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes (DESIGN section 7).
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const FAILED_SHARDS: u8 = 3;
+    pub const ABORTED: u8 = 4;
+    pub const VERIFY_FAILED: u8 = 5;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags, settings or arguments (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// An invalid plan (exit 2).
+    #[error("invalid plan: {0}")]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Engine(EngineError),
+    /// Verification found a mismatch (exit 5).
+    #[error("{0}")]
+    Verify(String),
+    /// Anything else (exit 1).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<EngineError> for CliError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Plan(plan) => CliError::Plan(plan),
+            other => CliError::Engine(other),
+        }
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Plan(_) | CliError::Settings(_) => exit::USAGE,
+            CliError::Engine(error) if error.is_usage() => exit::USAGE,
+            CliError::Engine(_) | CliError::Internal(_) => exit::INTERNAL,
+            CliError::Verify(_) => exit::VERIFY_FAILED,
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hxo",
+    version,
+    about = "Hypshard-X Orchestrator: run plans as content-addressed shards, resume after crashes, certify results with an RFC 6962 Merkle root",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalArgs {
+    /// Checkpoint store directory [env: HXO_DB_PATH] [default: .hxo/checkpoints]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub db: Option<PathBuf>,
+    /// Artifacts directory [env: HXO_ARTIFACTS_DIR] [default: .hxo/artifacts]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Worker threads for CPU-bound shards [env: HXO_THREADS] [default: cores]
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<String>,
+    /// Blocking shards (subprocesses, SQL) at once [env: HXO_MAX_CONCURRENCY] [default: 64]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_concurrency: Option<String>,
+    /// Per-shard timeout [env: HXO_SHARD_TIMEOUT_MS] [default: 15000]
+    #[arg(long, global = true, value_name = "MS")]
+    pub shard_timeout_ms: Option<String>,
+    /// Attempts per shard [env: HXO_MAX_ATTEMPTS] [default: 3]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_attempts: Option<String>,
+    /// Stable machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Open a damaged checkpoint store anyway, dropping the damaged records
+    #[arg(long, global = true)]
+    pub salvage: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a plan file (with no file: the embedded default plan)
+    Run {
+        plan: Option<PathBuf>,
+        /// Execute every batch and roll it back (kinds that require it)
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check or explain a plan without running it
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Build the guide's deploy plan from stage names and run it
+    Deploy {
+        /// Comma-separated stages: pack, migrate, prime, assets, docs
+        #[arg(long, value_delimiter = ',', required = true)]
+        stages: Vec<String>,
+        /// Project root holding src/, assets/ and docs/
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// SQLite database to migrate (relative to --root)
+        #[arg(long)]
+        database: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Resume incomplete plans (all of them, or one)
+    Resume { plan_id: Option<String> },
+    /// List the plans in the store
+    Plans,
+    /// Live status of a plan
+    Status { plan_id: String },
+    /// Full report of a plan: status fields, metrics, failures
+    Report { plan_id: String },
+    /// Re-run failed shards and everything downstream of them
+    Replay { plan_id: String },
+    /// Abort an incomplete plan: pending shards fail (aborted), done shards stay
+    Abort { plan_id: String },
+    /// Recompute the root from the log and check inclusion proofs (exit 5 on mismatch)
+    Verify { plan_id: String },
+    /// Inclusion proof of one shard, as RFC 6962 JSON
+    Proof { plan_id: String, cas_id: String },
+    /// One JSON line per shard, in leaf order
+    Export { plan_id: String },
+    /// Durable plan-level and audit events
+    Events {
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long = "plan")]
+        plan_id: Option<String>,
+    },
+    /// Serve the REST API, event stream, metrics and dashboard
+    Serve {
+        /// Address to bind
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        bind: String,
+    },
+    /// Compact the checkpoint log: keep the latest outcome per shard
+    Gc,
+    /// Show effective settings and where each came from
+    Config,
+    /// Print shell completions
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Validate a plan: exit 0 if valid, 2 with the JSON path if not
+    Validate { plan: PathBuf },
+    /// Show stages, shard counts, joins and sample cas_ids without running
+    Explain { plan: PathBuf },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    commands::dispatch(cli)
+}

@@ -1,0 +1,1203 @@
+//! The engine: the only module that wires plans, partitions, the DAG, the
+//! scheduler, the checkpoint store, the Merkle tree and the event bus
+//! together. The front-ends (CLI, HTTP) call nothing else to run plans.
+//!
+//! A run goes: compile (validate, partition, DAG, executors) -> accept (a
+//! durable `PlanAccepted` record) -> execute (scheduler on the pools; a
+//! collector turns outcomes into log records; the store applies them once
+//! durable) -> aggregate (root over the durable outcomes) -> certify
+//! (re-read the plan from the log files, recompute the root, verify a
+//! seeded sample of inclusion proofs) -> finish (a durable `PlanFinished`).
+
+use crate::dag::{self, Dag, LeafIndex};
+use crate::events::{self, Bus, ShardEvent};
+use crate::exec::scheduler::{
+    self, Control, Initial, OutcomeKind, RunInput, RunOptions, StopReason,
+};
+use crate::exec::{self, Executor};
+use crate::hash::{to_hex, Hash};
+use crate::log::{PlanId, Record};
+use crate::merkle::{self, MerkleTree};
+use crate::partition::{self, PartitionError};
+use crate::plan::{
+    Manifest, ManifestStage, Plan, PlanDefaults, PlanError, PlanSpec, MANIFEST_FORMAT,
+};
+use crate::report::{self, Live, Report};
+use crate::settings::Settings;
+use crate::store::{plan_id_text, PlanEntry, PlanRecord, SlotState, Store, StoreError};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The plan is invalid (exit 2, HTTP 400).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("plan {0} not found")]
+    UnknownPlan(String),
+    #[error("cas_id {cas_id} is not a shard of plan {plan_id}")]
+    UnknownShard { plan_id: String, cas_id: String },
+    #[error("plan {plan_id}: its inputs changed since it was accepted (DAG digest {accepted} is now {now}); submit it again as a new plan")]
+    InputsChanged {
+        plan_id: String,
+        accepted: String,
+        now: String,
+    },
+    #[error("plan {plan_id} is {status}: {action} does not apply")]
+    WrongState {
+        plan_id: String,
+        status: String,
+        action: &'static str,
+    },
+    #[error("plan {0} is running")]
+    Running(String),
+}
+
+impl EngineError {
+    /// Whether the caller asked for something invalid (as opposed to the
+    /// engine or the disk failing).
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, EngineError::Store(_))
+    }
+}
+
+/// A plan ready to run: validated, partitioned, compiled, with executors.
+pub struct Compiled {
+    pub plan: Plan,
+    pub dag: Arc<Dag>,
+    pub executors: Vec<Arc<dyn Executor>>,
+    pub base_dir: PathBuf,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every shard done.
+    Succeeded,
+    /// Finished with failed (or blocked) shards.
+    Failed,
+    /// Aborted or timeboxed.
+    Aborted,
+    /// Interrupted; resumable.
+    Interrupted,
+}
+
+pub struct RunSummary {
+    pub end: RunEnd,
+    pub report: Report,
+}
+
+/// Per-run hooks for progress display.
+pub trait Progress: Send + Sync {
+    fn update(&self, done: u64, failed: u64, total: u64);
+    fn finish(&self);
+}
+
+pub struct Engine {
+    pub settings: Settings,
+    pub store: Arc<Store>,
+    pub bus: Arc<Bus>,
+    running: Mutex<HashMap<PlanId, RunningPlan>>,
+}
+
+/// A plan running in this process.
+struct RunningPlan {
+    control: Arc<Control>,
+    started: Instant,
+    /// Outcomes the plan had when this run started.
+    baseline: u64,
+}
+
+/// Moves the config key an error names from its message into the JSON
+/// path: `stages[0].config` + `root: ...` -> `stages[0].config.root: ...`.
+fn config_error(stage_index: usize, key: &str, text: String) -> PlanError {
+    let message = text
+        .strip_prefix(&format!("config.{key}: "))
+        .or_else(|| text.strip_prefix(&format!("{key}: ")))
+        .map_or_else(|| text.clone(), str::to_string);
+    PlanError {
+        path: format!("stages[{stage_index}].config.{key}"),
+        message,
+    }
+}
+
+fn partition_error(stage_index: usize, error: PartitionError) -> PlanError {
+    config_error(stage_index, &error.key().to_string(), error.to_string())
+}
+
+impl Engine {
+    /// Opens the engine on the store named by the settings.
+    pub fn open(settings: Settings, salvage: bool) -> Result<Arc<Engine>, EngineError> {
+        let store = Arc::new(Store::open(&settings.db_path, salvage)?);
+        Ok(Engine::with_store(settings, store))
+    }
+
+    pub fn with_store(settings: Settings, store: Arc<Store>) -> Arc<Engine> {
+        let bus = Arc::new(Bus::new(settings.genesis_enabled, store.last_event_seq()));
+        store.restore_events(&bus);
+        let engine = Arc::new(Engine {
+            settings,
+            store,
+            bus,
+            running: Mutex::new(HashMap::new()),
+        });
+        // Durable events go to the log; per-shard events are published once
+        // their records are durable.
+        let store = engine.store.clone();
+        engine.bus.set_durable_sink(Box::new(move |event| {
+            let record = Record::Event {
+                seq: event.seq,
+                at_ms: event.at_ms,
+                topic: event.topic.to_string(),
+                payload_json: event.data_json().to_string(),
+            };
+            // A failed writer is reported by the run that needs it.
+            let _ = store.submit(vec![record]);
+        }));
+        let bus = engine.bus.clone();
+        engine
+            .store
+            .set_listener(Box::new(move |records| publish_shard_events(&bus, records)));
+        engine
+    }
+
+    pub fn plan_defaults(&self) -> PlanDefaults {
+        PlanDefaults {
+            default_slo_ms: self.settings.default_slo_ms,
+            max_shards: self.settings.max_shards,
+        }
+    }
+
+    /// Validates, partitions and compiles a plan; runs nothing.
+    pub fn compile(&self, spec: PlanSpec, base_dir: &Path) -> Result<Compiled, EngineError> {
+        compile(spec, base_dir, self.plan_defaults())
+    }
+
+    /// Records the plan as accepted (durably) and returns its id.
+    pub fn accept(
+        &self,
+        compiled: &Compiled,
+        submitted_by: &str,
+        dry_run: bool,
+    ) -> Result<PlanId, EngineError> {
+        let plan_id = *uuid::Uuid::new_v4().as_bytes();
+        let manifest = manifest_of(compiled, submitted_by, dry_run);
+        let position = self.store.submit(vec![Record::PlanAccepted {
+            plan_id,
+            accepted_at_ms: events::now_ms(),
+            shard_count: compiled.dag.shard_count() as u64,
+            manifest_json: manifest.to_json(),
+        }])?;
+        self.store.wait_durable(position)?;
+        self.bus.publish(
+            events::PLAN,
+            json!({"plan_id": plan_id_text(&plan_id), "name": compiled.plan.name,
+                   "status": "submitted", "total_shards": compiled.dag.shard_count(),
+                   "submitted_by": submitted_by}),
+        );
+        Ok(plan_id)
+    }
+
+    fn entry(&self, plan_id: &PlanId) -> Result<Arc<PlanEntry>, EngineError> {
+        self.store
+            .plan(plan_id)
+            .ok_or_else(|| EngineError::UnknownPlan(plan_id_text(plan_id)))
+    }
+
+    /// A plan by id or unique id prefix.
+    pub fn find(&self, text: &str) -> Result<PlanId, EngineError> {
+        self.store
+            .find(text)
+            .map(|entry| {
+                entry
+                    .record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .plan_id
+            })
+            .ok_or_else(|| EngineError::UnknownPlan(text.to_string()))
+    }
+
+    pub fn control(&self, plan_id: &PlanId) -> Option<Arc<Control>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plan_id)
+            .map(|r| r.control.clone())
+    }
+
+    pub fn is_running(&self, plan_id: &PlanId) -> bool {
+        self.control(plan_id).is_some()
+    }
+
+    /// Recompiles an accepted plan from its manifest and checks that its
+    /// inputs still compile to the same DAG.
+    pub fn recompile(&self, plan_id: &PlanId) -> Result<Compiled, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let manifest = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .manifest
+            .clone();
+        let compiled = compile(
+            manifest.spec.clone(),
+            Path::new(&manifest.base_dir),
+            self.plan_defaults(),
+        )?;
+        let now = to_hex(&compiled.dag.dag_digest);
+        if now != manifest.dag_digest {
+            return Err(EngineError::InputsChanged {
+                plan_id: plan_id_text(plan_id),
+                accepted: manifest.dag_digest,
+                now,
+            });
+        }
+        Ok(compiled)
+    }
+
+    /// Runs an accepted plan until every shard has an outcome, or it is
+    /// stopped through `control`. Shards already DONE in the log are
+    /// skipped; shards DONE under the same cas_id in any plan of the store
+    /// are reused.
+    pub fn execute(
+        self: &Arc<Self>,
+        plan_id: PlanId,
+        compiled: &Compiled,
+        control: Arc<Control>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<RunSummary, EngineError> {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.contains_key(&plan_id) {
+                return Err(EngineError::Running(plan_id_text(&plan_id)));
+            }
+            let baseline = self.store.plan(&plan_id).map_or(0, |entry| {
+                let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                plan.shard_count() - plan.pending_count()
+            });
+            running.insert(
+                plan_id,
+                RunningPlan {
+                    control: control.clone(),
+                    started: Instant::now(),
+                    baseline,
+                },
+            );
+        }
+        let result = self.execute_registered(plan_id, compiled, control, progress);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&plan_id);
+        let end = result?;
+        Ok(RunSummary {
+            end,
+            report: self.report(&plan_id)?,
+        })
+    }
+
+    fn execute_registered(
+        self: &Arc<Self>,
+        plan_id: PlanId,
+        compiled: &Compiled,
+        control: Arc<Control>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<RunEnd, EngineError> {
+        let entry = self.entry(&plan_id)?;
+        let dag = compiled.dag.clone();
+        let plan_text = plan_id_text(&plan_id);
+        let started = Instant::now();
+
+        // Initial states from the log, then reuse by cas_id.
+        let mut initial = Vec::with_capacity(dag.shard_count());
+        let mut need_reuse = false;
+        {
+            let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            for (leaf, slot) in plan.shards.iter_mut().enumerate() {
+                initial.push(match slot.state {
+                    SlotState::Done => Initial::Done,
+                    SlotState::Failed | SlotState::Aborted => Initial::Failed,
+                    SlotState::Pending => {
+                        slot.cas_id = *dag.cas_id(LeafIndex(leaf as u32));
+                        need_reuse = true;
+                        Initial::Pending
+                    }
+                });
+            }
+        }
+        let mut reused: Vec<Record> = Vec::new();
+        if need_reuse {
+            let done = self.store.done_by_cas();
+            if !done.is_empty() {
+                for (leaf, state) in initial.iter_mut().enumerate() {
+                    if *state != Initial::Pending {
+                        continue;
+                    }
+                    let cas_id = *dag.cas_id(LeafIndex(leaf as u32));
+                    if let Some(digest) = done.get(&cas_id) {
+                        *state = Initial::Done;
+                        reused.push(Record::ShardDone {
+                            plan_id,
+                            leaf_index: leaf as u64,
+                            cas_id,
+                            output_digest: *digest,
+                            attempts: 0,
+                            duration_us: 0,
+                        });
+                    }
+                }
+            }
+        }
+        for chunk in reused.chunks(crate::limits::COMMIT_RECORDS_MAX) {
+            self.store.submit(chunk.to_vec())?;
+        }
+        drop(reused);
+        self.bus.publish(
+            events::PLAN,
+            json!({"plan_id": plan_text, "status": "running"}),
+        );
+        for (index, stage) in dag.stages.iter().enumerate() {
+            self.bus.publish(
+                events::PLAN,
+                json!({"plan_id": plan_text, "stage_id": compiled.plan.stages[index].id,
+                       "event": "stage.created", "shards": stage.shard_count}),
+            );
+        }
+
+        let options = RunOptions {
+            threads: self.settings.threads,
+            max_concurrency: self.settings.max_concurrency,
+            max_attempts: self.settings.max_attempts,
+            retry_backoff_ms: self.settings.retry_backoff_ms,
+            shard_timeout_ms: self.settings.shard_timeout_ms,
+            dry_run: entry
+                .record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .manifest
+                .dry_run,
+            artifacts_dir: absolute(&self.settings.artifacts_dir),
+            timebox: compiled
+                .plan
+                .timebox_ms
+                .map(|ms| started + Duration::from_millis(ms)),
+        };
+        let input = RunInput {
+            dag: dag.clone(),
+            executors: compiled.executors.clone(),
+            stage_ids: compiled.plan.stages.iter().map(|s| s.id.clone()).collect(),
+            plan_id: plan_text.clone(),
+            initial,
+        };
+        let (sender, receiver) =
+            crossbeam_channel::bounded(crate::limits::OUTCOME_QUEUE_BATCHES_MAX);
+        let collector = {
+            let store = self.store.clone();
+            let bus = self.bus.clone();
+            let dag = dag.clone();
+            let slos: Vec<(String, u64)> = compiled
+                .plan
+                .stages
+                .iter()
+                .map(|s| (s.id.clone(), s.slo_ms))
+                .collect();
+            let plan_text = plan_text.clone();
+            std::thread::Builder::new()
+                .name("hxo-collector".into())
+                .spawn(move || collect(receiver, &store, &bus, &dag, plan_id, &plan_text, &slos))
+                .expect("spawning the collector thread")
+        };
+        let done_flag = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            if let Some(progress) = progress {
+                let entry = entry.clone();
+                let done_flag = &done_flag;
+                scope.spawn(move || {
+                    while !done_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        {
+                            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                            let counts = plan.counts();
+                            progress.update(
+                                counts.done,
+                                counts.failed + counts.aborted,
+                                plan.shard_count(),
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+            scheduler::run(input, options, control.clone(), sender);
+            done_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let position = collector
+            .join()
+            .expect("the collector thread does not panic")?;
+        self.store.wait_durable(position)?;
+        if let Some(progress) = progress {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = plan.counts();
+            progress.update(
+                counts.done,
+                counts.failed + counts.aborted,
+                plan.shard_count(),
+            );
+            progress.finish();
+        }
+
+        let end = match control.stop_reason() {
+            Some(StopReason::Interrupted) => {
+                self.bus.publish(
+                    events::PLAN,
+                    json!({"plan_id": plan_text, "status": "interrupted"}),
+                );
+                RunEnd::Interrupted
+            }
+            Some(StopReason::Aborted { actor }) => {
+                self.record_abort(&plan_id, &actor, "aborted")?;
+                RunEnd::Aborted
+            }
+            Some(StopReason::Timeboxed) => {
+                self.record_abort(&plan_id, "engine", "timebox exceeded")?;
+                RunEnd::Aborted
+            }
+            None => {
+                let all_done = self.finish(&plan_id, &entry)?;
+                if all_done {
+                    RunEnd::Succeeded
+                } else {
+                    RunEnd::Failed
+                }
+            }
+        };
+        Ok(end)
+    }
+
+    fn record_abort(&self, plan_id: &PlanId, actor: &str, reason: &str) -> Result<(), EngineError> {
+        let position = self.store.submit(vec![Record::PlanAborted {
+            plan_id: *plan_id,
+            at_ms: events::now_ms(),
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        }])?;
+        self.store.wait_durable(position)?;
+        self.bus.publish(
+            events::PLAN,
+            json!({"plan_id": plan_id_text(plan_id), "status": "aborted", "actor": actor, "reason": reason}),
+        );
+        Ok(())
+    }
+
+    /// Aggregates, certifies and records the end of a run. Returns whether
+    /// every shard is done.
+    fn finish(&self, plan_id: &PlanId, entry: &PlanEntry) -> Result<bool, EngineError> {
+        let plan_text = plan_id_text(plan_id);
+        let (leaves, all_done, done, failed) = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = plan.counts().clone();
+            (
+                leaf_hashes(&plan),
+                counts.done == plan.shard_count(),
+                counts.done,
+                counts.failed + counts.aborted,
+            )
+        };
+        let tree_size = leaves.len() as u64;
+        let root = merkle::root_of_leaf_hashes(leaves);
+        self.bus.publish(
+            events::AGGREGATE_READY,
+            json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size, "complete": all_done}),
+        );
+        if all_done {
+            let certification = self.certify(plan_id, &root)?;
+            self.bus.publish(
+                events::AGGREGATE_CERTIFY,
+                json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size,
+                       "truth_certified": certification.certified,
+                       "proofs_checked": certification.proofs_checked,
+                       "detail": certification.detail}),
+            );
+        }
+        let position = self.store.submit(vec![Record::PlanFinished {
+            plan_id: *plan_id,
+            at_ms: events::now_ms(),
+            tree_size,
+            root,
+            done_count: done,
+            failed_count: failed,
+        }])?;
+        self.store.wait_durable(position)?;
+        self.bus.publish(
+            events::AGGREGATE_FINALIZED,
+            json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size,
+                   "done_shards": done, "failed_shards": failed}),
+        );
+        Ok(all_done)
+    }
+
+    /// Recomputes the root from the log files and checks a seeded sample
+    /// of inclusion proofs against `root`.
+    pub fn certify(&self, plan_id: &PlanId, root: &Hash) -> Result<Certification, EngineError> {
+        let Some(reread) = self.store.reread_plan(plan_id)? else {
+            return Ok(Certification::failed("the plan is not in the log files"));
+        };
+        if reread.counts().done != reread.shard_count() {
+            return Ok(Certification::failed(
+                "not every shard is done in the log files",
+            ));
+        }
+        let tree = MerkleTree::from_leaf_hashes(leaf_hashes(&reread));
+        if tree.root() != *root {
+            return Ok(Certification::failed(&format!(
+                "root recomputed from the log is {}, expected {}",
+                to_hex(&tree.root()),
+                to_hex(root)
+            )));
+        }
+        let size = tree.tree_size();
+        let sample = sample_indices(root, size, crate::limits::CERTIFY_SAMPLE_PROOFS);
+        for &leaf in &sample {
+            let proof = tree
+                .inclusion_proof(leaf)
+                .expect("sampled index is in range");
+            let slot = &reread.shards[leaf as usize];
+            let leaf_hash = merkle::shard_leaf_hash(&slot.cas_id, &slot.output_digest);
+            if !merkle::verify_inclusion(&leaf_hash, &proof, root) {
+                return Ok(Certification::failed(&format!(
+                    "inclusion proof for leaf {leaf} does not verify"
+                )));
+            }
+        }
+        Ok(Certification {
+            certified: true,
+            proofs_checked: sample.len(),
+            detail: format!(
+                "root recomputed from the log; {} inclusion proofs verified",
+                sample.len()
+            ),
+        })
+    }
+
+    /// The plan's report (live counts if it runs in this process).
+    pub fn report(&self, plan_id: &PlanId) -> Result<Report, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plan_id)
+            .map(|r| (r.control.clone(), r.started, r.baseline));
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let live = match running {
+            Some((control, started, baseline)) => {
+                let (claimed, running) = control.live_counts();
+                // ETA from the rate observed in this run, not a constant.
+                let finished_now = plan.shard_count() - plan.pending_count();
+                let elapsed = started.elapsed().as_secs_f64();
+                let rate = if elapsed > 0.0 {
+                    finished_now.saturating_sub(baseline) as f64 / elapsed
+                } else {
+                    0.0
+                };
+                Live {
+                    claimed,
+                    running,
+                    rate_per_second: rate,
+                    running_now: true,
+                }
+            }
+            None => Live::default(),
+        };
+        Ok(report::build(&plan, live))
+    }
+
+    /// Builds the inclusion proof of a shard from the durable log.
+    pub fn proof(
+        &self,
+        plan_id: &PlanId,
+        cas_text: &str,
+    ) -> Result<serde_json::Value, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let unknown = || EngineError::UnknownShard {
+            plan_id: plan_id_text(plan_id),
+            cas_id: cas_text.to_string(),
+        };
+        let cas_id = crate::hash::from_hex(cas_text).ok_or_else(unknown)?;
+        let leaf = plan
+            .shards
+            .iter()
+            .position(|s| s.cas_id == cas_id)
+            .ok_or_else(unknown)?;
+        let Some(finish) = plan.finished.clone() else {
+            return Err(EngineError::WrongState {
+                plan_id: plan_id_text(plan_id),
+                status: plan.status().into(),
+                action: "a proof",
+            });
+        };
+        let leaves = leaf_hashes(&plan);
+        let slot = plan.shards[leaf];
+        drop(plan);
+        let tree = MerkleTree::from_leaf_hashes(leaves);
+        let proof = tree.inclusion_proof(leaf as u64).expect("leaf in range");
+        Ok(json!({
+            "cas_id": to_hex(&slot.cas_id),
+            "output_digest": to_hex(&slot.output_digest),
+            "leaf_index": leaf,
+            "tree_size": proof.tree_size,
+            "audit_path": proof.audit_path.iter().map(to_hex).collect::<Vec<_>>(),
+            "root": to_hex(&finish.root),
+        }))
+    }
+
+    /// Recomputes the root from the log and checks proofs (`hxo verify`).
+    pub fn verify(&self, plan_id: &PlanId) -> Result<Verification, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let recorded = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished
+            .clone();
+        let Some(finish) = recorded else {
+            return Err(EngineError::WrongState {
+                plan_id: plan_id_text(plan_id),
+                status: entry
+                    .record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .status()
+                    .into(),
+                action: "verify",
+            });
+        };
+        let Some(reread) = self.store.reread_plan(plan_id)? else {
+            return Err(EngineError::UnknownPlan(plan_id_text(plan_id)));
+        };
+        let tree = MerkleTree::from_leaf_hashes(leaf_hashes(&reread));
+        let recomputed = tree.root();
+        let mut proofs_ok = 0;
+        let sample = sample_indices(
+            &finish.root,
+            tree.tree_size(),
+            crate::limits::CERTIFY_SAMPLE_PROOFS,
+        );
+        for &leaf in &sample {
+            let proof = tree.inclusion_proof(leaf).expect("in range");
+            let slot = &reread.shards[leaf as usize];
+            if merkle::verify_inclusion(
+                &merkle::shard_leaf_hash(&slot.cas_id, &slot.output_digest),
+                &proof,
+                &finish.root,
+            ) {
+                proofs_ok += 1;
+            }
+        }
+        Ok(Verification {
+            recorded_root: to_hex(&finish.root),
+            recomputed_root: to_hex(&recomputed),
+            tree_size: tree.tree_size(),
+            proofs_checked: sample.len(),
+            proofs_verified: proofs_ok,
+            ok: recomputed == finish.root
+                && proofs_ok == sample.len()
+                && tree.tree_size() == finish.tree_size,
+        })
+    }
+
+    /// Export lines (leaf order) for `hxo export`.
+    pub fn export(
+        &self,
+        plan_id: &PlanId,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), EngineError> {
+        let entry = self.entry(plan_id)?;
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = String::with_capacity(256);
+        for (index, slot) in plan.shards.iter().enumerate() {
+            let stage = plan
+                .manifest
+                .stage_of(index as u64)
+                .map_or("", |s| s.id.as_str());
+            let known = slot.state != SlotState::Pending || slot.cas_id != [0; 32];
+            line.clear();
+            let value = json!({
+                "index": index,
+                "stage_id": stage,
+                "cas_id": if known { Some(to_hex(&slot.cas_id)) } else { None },
+                "output_digest": if slot.state == SlotState::Done { Some(to_hex(&slot.output_digest)) } else { None },
+                "state": slot.state.name(),
+                "attempts": slot.attempts,
+                "duration_ms": slot.duration_us as f64 / 1000.0,
+            });
+            line.push_str(&value.to_string());
+            line.push('\n');
+            if let Err(error) = out.write_all(line.as_bytes()) {
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(EngineError::Store(StoreError::WriterStopped(format!(
+                    "writing the export: {error}"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks an incomplete plan aborted: pending shards fail (aborted), done
+    /// shards stay. A plan running in this process is stopped at once.
+    pub fn abort(&self, plan_id: &PlanId, actor: &str) -> Result<(), EngineError> {
+        self.bus.publish(
+            events::AUDIT,
+            json!({"actor": actor, "action": "abort", "plan_id": plan_id_text(plan_id), "at_ms": events::now_ms()}),
+        );
+        if let Some(control) = self.control(plan_id) {
+            control.stop(StopReason::Aborted {
+                actor: actor.to_string(),
+            });
+            return Ok(());
+        }
+        let entry = self.entry(plan_id)?;
+        let records: Vec<Record> = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            if plan.is_complete() {
+                return Err(EngineError::WrongState {
+                    plan_id: plan_id_text(plan_id),
+                    status: plan.status().into(),
+                    action: "abort",
+                });
+            }
+            plan.shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state == SlotState::Pending)
+                .map(|(leaf, slot)| Record::ShardFailed {
+                    plan_id: *plan_id,
+                    leaf_index: leaf as u64,
+                    cas_id: slot.cas_id,
+                    attempts: 0,
+                    duration_us: 0,
+                    aborted: true,
+                    error: "aborted".into(),
+                })
+                .collect()
+        };
+        for chunk in records.chunks(crate::limits::COMMIT_RECORDS_MAX) {
+            self.store.submit(chunk.to_vec())?;
+        }
+        self.record_abort(plan_id, actor, "aborted")
+    }
+
+    /// Prepares a replay: forgets the failed and aborted outcomes of the
+    /// plan so that the next `execute` re-runs them and everything
+    /// downstream of them (blocked shards have no outcome yet), nothing
+    /// else. Returns how many shards will run.
+    pub fn prepare_replay(
+        &self,
+        plan_id: &PlanId,
+        compiled: &Compiled,
+        actor: &str,
+    ) -> Result<u64, EngineError> {
+        if self.is_running(plan_id) {
+            return Err(EngineError::Running(plan_id_text(plan_id)));
+        }
+        let entry = self.entry(plan_id)?;
+        let failed: Vec<LeafIndex> = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            plan.shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s.state, SlotState::Failed | SlotState::Aborted))
+                .map(|(leaf, _)| LeafIndex(leaf as u32))
+                .collect()
+        };
+        let closure = compiled.dag.downstream_closure(&failed);
+        let position = self.store.submit(vec![Record::PlanReplayed {
+            plan_id: *plan_id,
+            at_ms: events::now_ms(),
+            actor: actor.to_string(),
+        }])?;
+        self.store.wait_durable(position)?;
+        // Applying the replay record made the failed and aborted shards
+        // pending again; with the never-run shards downstream of them, that
+        // is the closure.
+        let to_run = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            closure
+                .iter()
+                .filter(|leaf| plan.shards[leaf.get()].state == SlotState::Pending)
+                .count() as u64
+        };
+        self.bus.publish(
+            events::AUDIT,
+            json!({"actor": actor, "action": "replay", "plan_id": plan_id_text(plan_id),
+                   "shards": to_run, "at_ms": events::now_ms()}),
+        );
+        Ok(to_run)
+    }
+
+    /// Notes a resume (rehydration) in the log, as a durable `hxo.plan`
+    /// event, written directly when the bus is disabled.
+    pub fn note_resume(&self, plan_id: &PlanId) -> Result<(), EngineError> {
+        let data = json!({"plan_id": plan_id_text(plan_id), "status": "rehydrated"});
+        if self.bus.is_enabled() {
+            self.bus.publish(events::PLAN, data);
+        } else {
+            self.store.submit(vec![Record::Event {
+                seq: 0,
+                at_ms: events::now_ms(),
+                topic: events::PLAN.to_string(),
+                payload_json: data.to_string(),
+            }])?;
+        }
+        Ok(())
+    }
+
+    /// Plans that are neither finished nor aborted (the rehydrator's list).
+    pub fn incomplete_plans(&self) -> Vec<PlanId> {
+        self.store
+            .plans()
+            .iter()
+            .filter_map(|entry| {
+                let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                (!plan.is_complete()).then_some(plan.plan_id)
+            })
+            .collect()
+    }
+
+    pub fn close(&self) -> Result<(), EngineError> {
+        self.bus.close();
+        self.store.close()?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Certification {
+    pub certified: bool,
+    pub proofs_checked: usize,
+    pub detail: String,
+}
+
+impl Certification {
+    fn failed(detail: &str) -> Certification {
+        Certification {
+            certified: false,
+            proofs_checked: 0,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Verification {
+    pub recorded_root: String,
+    pub recomputed_root: String,
+    pub tree_size: u64,
+    pub proofs_checked: usize,
+    pub proofs_verified: usize,
+    pub ok: bool,
+}
+
+/// Leaf hashes of a plan's shards in leaf order. A shard without a result
+/// contributes an all-zero output digest, so a partial root is defined;
+/// only a plan with every shard done is certified.
+pub fn leaf_hashes(plan: &PlanRecord) -> Vec<Hash> {
+    use rayon::prelude::*;
+    const NO_RESULT: Hash = [0; 32];
+    plan.shards
+        .par_iter()
+        .map(|slot| {
+            let digest = if slot.state == SlotState::Done {
+                &slot.output_digest
+            } else {
+                &NO_RESULT
+            };
+            merkle::shard_leaf_hash(&slot.cas_id, digest)
+        })
+        .collect()
+}
+
+/// Distinct leaf indices drawn from a seed (the root), always including the
+/// first and last leaf.
+pub fn sample_indices(seed: &Hash, tree_size: u64, count: usize) -> Vec<u64> {
+    if tree_size == 0 {
+        return Vec::new();
+    }
+    let mut picked = vec![0, tree_size - 1];
+    let mut state = *seed;
+    while picked.len() < count.min(tree_size as usize) {
+        state = crate::hash::sha256(&state);
+        let draw = u64::from_le_bytes(state[..8].try_into().expect("8 bytes")) % tree_size;
+        if !picked.contains(&draw) {
+            picked.push(draw);
+        }
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    picked
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
+    }
+}
+
+/// Validates, partitions and compiles a plan (no store needed).
+pub fn compile(
+    spec: PlanSpec,
+    base_dir: &Path,
+    defaults: PlanDefaults,
+) -> Result<Compiled, EngineError> {
+    let plan = Plan::validate(spec, defaults)?;
+    let base_dir = absolute(base_dir);
+    let mut partitionings = Vec::with_capacity(plan.stages.len());
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let partitioning =
+            partition::partition(stage.partitioner, &stage.config, &base_dir, plan.shards_max)
+                .map_err(|e| partition_error(index, e))?;
+        partitionings.push(partitioning);
+    }
+    let mut executors = Vec::with_capacity(plan.stages.len());
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let executor = exec::build(stage, &base_dir)
+            .map_err(|e| config_error(index, e.key(), e.to_string()))?;
+        executors.push(executor);
+    }
+    let dag = dag::compile(&plan, partitionings).map_err(|e| match e {
+        dag::DagError::TooManyShards {
+            stage_index,
+            count,
+            max,
+        } => PlanError {
+            path: if plan
+                .spec
+                .constraints
+                .as_ref()
+                .and_then(|c| c.max_shards)
+                .is_some()
+            {
+                "constraints.max_shards".to_string()
+            } else {
+                format!("stages[{stage_index}]")
+            },
+            message: format!(
+                "{count} shards exceed max_shards {max} (constraints.max_shards or HXO_MAX_SHARDS)"
+            ),
+        },
+    })?;
+    Ok(Compiled {
+        plan,
+        dag: Arc::new(dag),
+        executors,
+        base_dir,
+    })
+}
+
+fn manifest_of(compiled: &Compiled, submitted_by: &str, dry_run: bool) -> Manifest {
+    Manifest {
+        format: MANIFEST_FORMAT,
+        spec: compiled.plan.spec.clone(),
+        base_dir: compiled.base_dir.display().to_string(),
+        stages: compiled
+            .plan
+            .stages
+            .iter()
+            .zip(&compiled.dag.stages)
+            .map(|(stage, dag_stage)| ManifestStage {
+                id: stage.id.clone(),
+                kind: stage.blueprint.kind.to_string(),
+                executor: stage.executor.name().to_string(),
+                first_leaf: dag_stage.first_leaf as u64,
+                shard_count: dag_stage.shard_count as u64,
+                slo_ms: stage.slo_ms,
+            })
+            .collect(),
+        dag_digest: to_hex(&compiled.dag.dag_digest),
+        submitted_by: submitted_by.to_string(),
+        dry_run,
+    }
+}
+
+fn publish_shard_events(bus: &Bus, records: &[Record]) {
+    if !bus.is_enabled() {
+        return;
+    }
+    for record in records {
+        match record {
+            Record::ShardDone {
+                plan_id,
+                leaf_index,
+                cas_id,
+                output_digest,
+                attempts,
+                duration_us,
+            } => {
+                bus.publish_shard(
+                    events::SHARD_DONE,
+                    ShardEvent {
+                        plan_id: plan_id_text(plan_id),
+                        leaf_index: *leaf_index,
+                        cas_id: *cas_id,
+                        output_digest: Some(*output_digest),
+                        attempts: *attempts,
+                        duration_us: *duration_us,
+                        error: None,
+                    },
+                );
+            }
+            Record::ShardFailed {
+                plan_id,
+                leaf_index,
+                cas_id,
+                attempts,
+                duration_us,
+                error,
+                ..
+            } => {
+                bus.publish_shard(
+                    events::SHARD_FAILED,
+                    ShardEvent {
+                        plan_id: plan_id_text(plan_id),
+                        leaf_index: *leaf_index,
+                        cas_id: *cas_id,
+                        output_digest: None,
+                        attempts: *attempts,
+                        duration_us: *duration_us,
+                        error: Some(error.clone()),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The collector: turns outcomes into log records (one batch per received
+/// batch; the writer merges them into group commits), and watches stage
+/// SLOs. Returns the store position of its last submission.
+fn collect(
+    receiver: crossbeam_channel::Receiver<Vec<scheduler::Outcome>>,
+    store: &Store,
+    bus: &Bus,
+    dag: &Dag,
+    plan_id: PlanId,
+    plan_text: &str,
+    slos: &[(String, u64)],
+) -> Result<u64, StoreError> {
+    let mut position = 0;
+    let stage_count = dag.stages.len();
+    let mut stage_started: Vec<Option<Instant>> = vec![None; stage_count];
+    let mut stage_outcomes = vec![0u64; stage_count];
+    let mut alerted = vec![false; stage_count];
+    let mut failure: Option<StoreError> = None;
+    loop {
+        let batch = match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(batch) => batch,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                check_slos(
+                    bus,
+                    plan_text,
+                    slos,
+                    dag,
+                    &stage_started,
+                    &stage_outcomes,
+                    &mut alerted,
+                );
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut records = Vec::with_capacity(batch.len());
+        for outcome in batch {
+            let stage = dag.stage_of(LeafIndex(outcome.leaf));
+            stage_outcomes[stage] += 1;
+            if stage_started[stage].is_none() {
+                stage_started[stage] =
+                    Some(Instant::now() - Duration::from_micros(outcome.duration_us));
+            }
+            let cas_id = *dag.cas_id(LeafIndex(outcome.leaf));
+            match outcome.kind {
+                OutcomeKind::Done(output_digest) => records.push(Record::ShardDone {
+                    plan_id,
+                    leaf_index: outcome.leaf as u64,
+                    cas_id,
+                    output_digest,
+                    attempts: outcome.attempts,
+                    duration_us: outcome.duration_us,
+                }),
+                OutcomeKind::Failed { error, aborted } => records.push(Record::ShardFailed {
+                    plan_id,
+                    leaf_index: outcome.leaf as u64,
+                    cas_id,
+                    attempts: outcome.attempts,
+                    duration_us: outcome.duration_us,
+                    aborted,
+                    error,
+                }),
+                OutcomeKind::Blocked | OutcomeKind::Abandoned => {}
+            }
+        }
+        if !records.is_empty() && failure.is_none() {
+            match store.submit(records) {
+                Ok(p) => position = p,
+                // Keep draining so the workers never block on a dead
+                // collector; the error ends the run afterwards.
+                Err(error) => failure = Some(error),
+            }
+        }
+        check_slos(
+            bus,
+            plan_text,
+            slos,
+            dag,
+            &stage_started,
+            &stage_outcomes,
+            &mut alerted,
+        );
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(position),
+    }
+}
+
+fn check_slos(
+    bus: &Bus,
+    plan_text: &str,
+    slos: &[(String, u64)],
+    dag: &Dag,
+    started: &[Option<Instant>],
+    outcomes: &[u64],
+    alerted: &mut [bool],
+) {
+    for stage in 0..slos.len() {
+        let Some(start) = started[stage] else {
+            continue;
+        };
+        if alerted[stage] {
+            continue;
+        }
+        let elapsed_ms = start.elapsed().as_millis() as u64;
+        let (stage_id, slo_ms) = &slos[stage];
+        if elapsed_ms > *slo_ms && outcomes[stage] < dag.stages[stage].shard_count as u64 {
+            alerted[stage] = true;
+            bus.publish(
+                events::ALERT,
+                json!({"plan_id": plan_text, "stage_id": stage_id, "alert": "slo_overrun",
+                       "slo_ms": slo_ms, "elapsed_ms": elapsed_ms,
+                       "shards_left": dag.stages[stage].shard_count as u64 - outcomes[stage]}),
+            );
+        }
+    }
+}

@@ -1,0 +1,1295 @@
+//! The on-disk format of the checkpoint log: segment header, record frame,
+//! record payloads, and the reasoning that makes recovery safe.
+//!
+//! This module owns the bytes. It encodes and decodes; it does no I/O. The
+//! recovery scan that applies the rules below lives in [`super::segment`].
+//! Change nothing here without bumping [`FORMAT_VERSION`] and keeping a
+//! reader for every older version (the `tests/golden/v1` store must recover
+//! forever).
+//!
+//! # Store
+//!
+//! A store is a directory (`HXO_DB_PATH`) holding:
+//!
+//! - `NNNNNNNN.seg`: segments, `NNNNNNNN` the zero-padded decimal segment
+//!   index. Indices are consecutive; records are in log order across
+//!   segments in index order, and within a segment by offset.
+//! - `LOCK`: the store lock (see [`super::lock`]); holds the owner's pid.
+//! - transient, while a segment is being created: `NNNNNNNN.seg.tmp`;
+//!   while compacting: the directories `compact.tmp/` and `compact.ready/`
+//!   (see [`super::compact`](mod@super::compact)). Recovery removes or finishes them.
+//!
+//! Every segment file is preallocated (`posix_fallocate`) to its full size
+//! when it is created, so a full disk fails there, with a clear error, and
+//! never as a SIGBUS while writing through the memory map. Creation is
+//! atomic: the file is preallocated, its header written and fsynced under
+//! the `.tmp` name, then renamed and the directory fsynced. A segment file
+//! that exists under its final name therefore always has a valid header and
+//! its full size; anything else is damage.
+//!
+//! # Segment header
+//!
+//! All integers little-endian. Offsets are from the start of the file.
+//!
+//! | offset | size | field                                                  |
+//! |-------:|-----:|--------------------------------------------------------|
+//! | 0      | 8    | magic `b"HXOLOG\0\x01"` ([`MAGIC`])                      |
+//! | 8      | 4    | format version, u32 ([`FORMAT_VERSION`])               |
+//! | 12     | 4    | header length in bytes, u32 ([`HEADER_SIZE`])          |
+//! | 16     | 8    | segment index, u64 (equals the file name)              |
+//! | 24     | 8    | segment size in bytes, u64 (equals the file length)    |
+//! | 32     | 8    | store generation, u64 (bumped by each compaction)      |
+//! | 40     | 4    | CRC-32C of bytes 0..40                                 |
+//! | 44     | 20   | zero                                                   |
+//!
+//! Records start at [`HEADER_SIZE`] (64). The segment size is per segment
+//! (taken from the options when the segment is created), so a store written
+//! with one size stays readable under another.
+//!
+//! # Frame
+//!
+//! Each record is one frame; frames follow each other with no gap or
+//! alignment. Offsets are from the start of the frame:
+//!
+//! | offset      | size | field                                               |
+//! |------------:|-----:|-----------------------------------------------------|
+//! | 0           | 4    | `len`: payload length, u32                          |
+//! | 4           | 4    | `!len` (bitwise complement)                         |
+//! | 8           | 4    | CRC-32C over `len` (4 bytes), `type`, payload       |
+//! | 12          | 1    | `type` ([`RecordType`]; 0 is never a type)          |
+//! | 13          | len  | payload (layouts below)                             |
+//! | 13 + len    | 1    | end marker [`END_MARKER`] (0xA5)                    |
+//!
+//! The bytes after the last frame of a segment are zero (preallocation
+//! gives zeros and nothing else writes there). A zero frame header (13 zero
+//! bytes, or fewer than 13 bytes left, all zero) ends the data of a segment;
+//! every byte after it, to the end of the segment, must be zero too.
+//!
+//! The writer stores each frame in three writes, in this order: the 13
+//! header bytes, the payload, the end marker, with compiler fences between
+//! them, and frames strictly in log order. However a `memcpy` orders bytes
+//! inside one write, a process killed at any instant therefore leaves one of
+//! the two tear shapes below and nothing else.
+//!
+//! # Payloads
+//!
+//! Fixed-width little-endian integers; `plan_id` 16 bytes (UUID), hashes 32
+//! bytes; strings are a u32 byte length then UTF-8 bytes, each bounded by a
+//! constant of [`super::limits`]; `bool` is one byte, 0 or 1. Fields in the
+//! order of the [`Record`] variant. `ShardDone`, written once per shard, is a
+//! fixed 100 bytes (114 with framing):
+//!
+//! | type | record          | payload                                                                              |
+//! |-----:|-----------------|--------------------------------------------------------------------------------------|
+//! | 1    | `PlanAccepted`  | plan_id, accepted_at_ms u64, shard_count u64, manifest_json str                      |
+//! | 2    | `ShardDone`     | plan_id, leaf_index u64, cas_id, output_digest, attempts u32, duration_us u64        |
+//! | 3    | `ShardFailed`   | plan_id, leaf_index u64, cas_id, attempts u32, duration_us u64, aborted bool, error str |
+//! | 4    | `ShardSplit`    | plan_id, leaf_index u64, pieces u32                                                  |
+//! | 5    | `SubShardDone`  | plan_id, leaf_index u64, piece u32, output_digest                                    |
+//! | 6    | `PlanAborted`   | plan_id, at_ms u64, actor str, reason str                                            |
+//! | 7    | `PlanReplayed`  | plan_id, at_ms u64, actor str                                                        |
+//! | 8    | `PlanFinished`  | plan_id, at_ms u64, tree_size u64, root, done_count u64, failed_count u64            |
+//! | 9    | `Event`         | seq u64, at_ms u64, topic str, payload_json str                                      |
+//!
+//! A decoder must consume the payload exactly; trailing bytes, an unknown
+//! type, a string over its bound, invalid UTF-8 or a bool other than 0/1 is
+//! corruption (it passed the CRC, so it was written that way: a bug or a
+//! newer writer).
+//!
+//! # Recovery rules
+//!
+//! Every segment is scanned from [`HEADER_SIZE`]. At offset X a frame is
+//! valid when `len == !comp`, `len <= PAYLOAD_LEN_MAX`, the frame fits in
+//! the segment, the marker at X+13+len is 0xA5, the CRC matches and the
+//! payload decodes. At the first frame that is not valid:
+//!
+//! - In a segment that is not the last, it is corruption.
+//! - In the last segment it is a *torn tail* (zeroed from X and synced, the
+//!   records before X kept) only if it has the shape of a prefix write:
+//!   (a) `len == !comp`, the marker byte at X+13+len is 0 (not yet
+//!   written) and every byte after X+14+len is 0; or (b) `len != !comp` and
+//!   every byte from X+13 to the end of the segment is 0 (a torn header).
+//!   Anything else, for example a fully written frame whose CRC fails, a
+//!   marker that is neither 0 nor 0xA5, or non-zero bytes after the frame,
+//!   is corruption.
+//!
+//! Corruption is reported as `LogError::Corrupt { segment, offset, reason }`
+//! and the store is not written. With the `salvage` option the records
+//! before the damage in that segment are kept, the damaged bytes are
+//! reported (never rewritten), scanning goes on with the next segment, and
+//! appends go to a new segment.
+//!
+//! Zeroing a torn tail is itself crash safe: bytes X+13.. are zeroed and
+//! synced first, then the frame header; every intermediate state still
+//! matches (a), (b) or a clean end of data.
+//!
+//! # Crash cases and disk assumptions
+//!
+//! - *Process kill* (panic=abort, SIGKILL, OOM). The page cache survives and
+//!   is written back later, so the file holds exactly the bytes the process
+//!   stored, which by the write order above is a prefix of the frame stream
+//!   plus, for the frame being stored, its header (possibly partial), then
+//!   possibly part of its payload, and no marker. A partial header is
+//!   inconsistent, because for every legal length the top byte of `!len` is
+//!   0xFF (`PAYLOAD_LEN_MAX < 2^24`, asserted in `limits`), so it cannot be
+//!   complete until the last complement byte is stored: shape (b). A
+//!   complete header with a missing marker is shape (a). Nothing
+//!   acknowledged is lost because `commit` returns only after `msync`.
+//! - *Power loss*. Everything synced is intact. Pages written since the last
+//!   successful `msync` (only the current, unacknowledged batch) may reach
+//!   the disk in any subset and order, torn at any byte. If the result looks
+//!   like a prefix it is truncated as above; otherwise it is reported as
+//!   corruption (for example a hole of zeros followed by a later frame of the
+//!   same batch) rather than guessed at. Salvage then keeps the records
+//!   before the hole; the dropped ones all belong to the unacknowledged
+//!   batch, so salvage loses nothing acknowledged in this case.
+//! - *Rollover*. Before a new segment is created the current one is synced to
+//!   its end, so a segment that is not the last never has an unsynced tail.
+//! - *Disk assumptions*. `msync(MS_SYNC)` (fdatasync of the range, which also
+//!   persists the unwritten-to-written extent conversion) returning success
+//!   means the range is durable; the device honours flushes; preallocated,
+//!   never-written space reads as zeros and the file system never exposes
+//!   stale blocks; sector writes need not be atomic. Bit rot is detected
+//!   (below), not corrected.
+//!
+//! # Why one flipped bit is always detected
+//!
+//! Take a single bit flip inside a written frame at X (all frames there
+//! were written completely, e.g. committed):
+//!
+//! - in `len` or `!len`: the two disagree; the frame's own marker 0xA5 lies
+//!   after X+13, so shape (b) fails: corruption.
+//! - in the CRC, `type` or the payload: the CRC fails; the marker is 0xA5,
+//!   not 0, so shape (a) fails: corruption.
+//! - in the marker: 0xA5 has four bits set, so one flip leaves it non-zero
+//!   and not 0xA5: corruption.
+//! - in a segment header: the header CRC (or the magic) fails: corruption.
+//!
+//! A flip in the zero area after the data can only create a non-zero byte:
+//! inside the 13 bytes at the end of data it reads as a torn header (b) and
+//! is zeroed (no record changes); further on it is reported as corruption.
+//! In no case does recovery return a record set that differs from the
+//! written one other than by dropping a torn, unacknowledged tail.
+
+use super::limits::{
+    ACTOR_LEN_MAX, ERROR_LEN_MAX, EVENT_PAYLOAD_LEN_MAX, MANIFEST_LEN_MAX, REASON_LEN_MAX,
+    TOPIC_LEN_MAX,
+};
+use crate::hash::Hash;
+
+/// A plan's id: the bytes of its UUID.
+pub type PlanId = [u8; 16];
+
+/// First 8 bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"HXOLOG\0\x01";
+/// Version written by this build; it reads exactly this version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Header field offsets, each derived from the one before.
+pub const HEADER_MAGIC_OFFSET: usize = 0;
+pub const HEADER_VERSION_OFFSET: usize = HEADER_MAGIC_OFFSET + MAGIC.len();
+pub const HEADER_LEN_OFFSET: usize = HEADER_VERSION_OFFSET + 4;
+pub const HEADER_INDEX_OFFSET: usize = HEADER_LEN_OFFSET + 4;
+pub const HEADER_SIZE_OFFSET: usize = HEADER_INDEX_OFFSET + 8;
+pub const HEADER_GENERATION_OFFSET: usize = HEADER_SIZE_OFFSET + 8;
+pub const HEADER_CRC_OFFSET: usize = HEADER_GENERATION_OFFSET + 8;
+/// End of the used header bytes; zero padding follows up to `HEADER_SIZE`.
+pub const HEADER_USED_END: usize = HEADER_CRC_OFFSET + 4;
+/// Where the first frame of a segment starts.
+pub const HEADER_SIZE: usize = 64;
+pub const HEADER_SIZE_BYTES: u64 = HEADER_SIZE as u64;
+const _: () = assert!(HEADER_USED_END <= HEADER_SIZE);
+// The documented table above; change both together.
+const _: () = assert!(HEADER_VERSION_OFFSET == 8 && HEADER_LEN_OFFSET == 12);
+const _: () = assert!(HEADER_INDEX_OFFSET == 16 && HEADER_SIZE_OFFSET == 24);
+const _: () = assert!(HEADER_GENERATION_OFFSET == 32 && HEADER_CRC_OFFSET == 40);
+const _: () = assert!(HEADER_USED_END == 44);
+
+/// Frame field offsets, from the start of the frame.
+pub const FRAME_LEN_OFFSET: usize = 0;
+pub const FRAME_LEN_COMPLEMENT_OFFSET: usize = FRAME_LEN_OFFSET + 4;
+pub const FRAME_CRC_OFFSET: usize = FRAME_LEN_COMPLEMENT_OFFSET + 4;
+pub const FRAME_TYPE_OFFSET: usize = FRAME_CRC_OFFSET + 4;
+pub const FRAME_PAYLOAD_OFFSET: usize = FRAME_TYPE_OFFSET + 1;
+/// Bytes of a frame before its payload (the "13" of the docs).
+pub const FRAME_HEADER_SIZE: usize = FRAME_PAYLOAD_OFFSET;
+/// Bytes a frame adds to its payload: header plus end marker.
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
+pub const FRAME_OVERHEAD_BYTES: u64 = FRAME_OVERHEAD as u64;
+const _: () = assert!(FRAME_LEN_COMPLEMENT_OFFSET == 4 && FRAME_CRC_OFFSET == 8);
+const _: () = assert!(FRAME_TYPE_OFFSET == 12 && FRAME_HEADER_SIZE == 13);
+/// Last byte of every complete frame. Four bits set: one flip never zeroes it.
+pub const END_MARKER: u8 = 0xA5;
+const _: () = assert!(END_MARKER.count_ones() >= 2);
+
+const PLAN_ID_SIZE: u32 = 16;
+const HASH_SIZE: u32 = 32;
+const STR_PREFIX_SIZE: u32 = 4;
+
+/// Payload length of `ShardDone`, the record written once per shard.
+pub const SHARD_DONE_PAYLOAD_LEN: u32 = PLAN_ID_SIZE + 8 + HASH_SIZE + HASH_SIZE + 4 + 8;
+const _: () = assert!(SHARD_DONE_PAYLOAD_LEN == 100);
+
+const fn max_u32(a: u32, b: u32) -> u32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The largest payload any record can have, from the field bounds.
+pub const fn payload_len_max() -> u32 {
+    let plan_accepted = PLAN_ID_SIZE + 8 + 8 + STR_PREFIX_SIZE + MANIFEST_LEN_MAX;
+    let shard_failed = PLAN_ID_SIZE + 8 + HASH_SIZE + 4 + 8 + 1 + STR_PREFIX_SIZE + ERROR_LEN_MAX;
+    let shard_split = PLAN_ID_SIZE + 8 + 4;
+    let sub_shard_done = PLAN_ID_SIZE + 8 + 4 + HASH_SIZE;
+    let plan_aborted =
+        PLAN_ID_SIZE + 8 + STR_PREFIX_SIZE + ACTOR_LEN_MAX + STR_PREFIX_SIZE + REASON_LEN_MAX;
+    let plan_replayed = PLAN_ID_SIZE + 8 + STR_PREFIX_SIZE + ACTOR_LEN_MAX;
+    let plan_finished = PLAN_ID_SIZE + 8 + 8 + HASH_SIZE + 8 + 8;
+    let event = 8 + 8 + STR_PREFIX_SIZE + TOPIC_LEN_MAX + STR_PREFIX_SIZE + EVENT_PAYLOAD_LEN_MAX;
+    let mut m = plan_accepted;
+    m = max_u32(m, SHARD_DONE_PAYLOAD_LEN);
+    m = max_u32(m, shard_failed);
+    m = max_u32(m, shard_split);
+    m = max_u32(m, sub_shard_done);
+    m = max_u32(m, plan_aborted);
+    m = max_u32(m, plan_replayed);
+    m = max_u32(m, plan_finished);
+    max_u32(m, event)
+}
+
+/// One outcome in the log. The engine owns the meaning; the log only keeps
+/// the bytes and the order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    PlanAccepted {
+        plan_id: PlanId,
+        accepted_at_ms: u64,
+        shard_count: u64,
+        manifest_json: String,
+    },
+    ShardDone {
+        plan_id: PlanId,
+        leaf_index: u64,
+        cas_id: Hash,
+        output_digest: Hash,
+        attempts: u32,
+        duration_us: u64,
+    },
+    ShardFailed {
+        plan_id: PlanId,
+        leaf_index: u64,
+        cas_id: Hash,
+        attempts: u32,
+        duration_us: u64,
+        aborted: bool,
+        error: String,
+    },
+    ShardSplit {
+        plan_id: PlanId,
+        leaf_index: u64,
+        pieces: u32,
+    },
+    SubShardDone {
+        plan_id: PlanId,
+        leaf_index: u64,
+        piece: u32,
+        output_digest: Hash,
+    },
+    PlanAborted {
+        plan_id: PlanId,
+        at_ms: u64,
+        actor: String,
+        reason: String,
+    },
+    PlanReplayed {
+        plan_id: PlanId,
+        at_ms: u64,
+        actor: String,
+    },
+    PlanFinished {
+        plan_id: PlanId,
+        at_ms: u64,
+        tree_size: u64,
+        root: Hash,
+        done_count: u64,
+        failed_count: u64,
+    },
+    Event {
+        seq: u64,
+        at_ms: u64,
+        topic: String,
+        payload_json: String,
+    },
+}
+
+/// The `type` byte of a frame. Codes are persisted: never reuse one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordType {
+    PlanAccepted = 1,
+    ShardDone = 2,
+    ShardFailed = 3,
+    ShardSplit = 4,
+    SubShardDone = 5,
+    PlanAborted = 6,
+    PlanReplayed = 7,
+    PlanFinished = 8,
+    Event = 9,
+}
+
+impl RecordType {
+    pub fn from_code(code: u8) -> Option<RecordType> {
+        Some(match code {
+            1 => RecordType::PlanAccepted,
+            2 => RecordType::ShardDone,
+            3 => RecordType::ShardFailed,
+            4 => RecordType::ShardSplit,
+            5 => RecordType::SubShardDone,
+            6 => RecordType::PlanAborted,
+            7 => RecordType::PlanReplayed,
+            8 => RecordType::PlanFinished,
+            9 => RecordType::Event,
+            _ => return None,
+        })
+    }
+}
+
+/// A string field over its bound; the record is refused before any byte is
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record field {field} is {len_bytes} bytes, over its limit of {max_bytes}")]
+pub struct FieldTooLong {
+    pub field: &'static str,
+    pub len_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// Why a payload that passed its CRC does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown record type {code}")]
+    UnknownType { code: u8 },
+    #[error("payload ends inside field {field}")]
+    Truncated { field: &'static str },
+    #[error("payload has {extra_bytes} bytes after its last field")]
+    TrailingBytes { extra_bytes: u64 },
+    #[error("field {field} is {len_bytes} bytes, over its limit of {max_bytes}")]
+    TooLong {
+        field: &'static str,
+        len_bytes: u64,
+        max_bytes: u64,
+    },
+    #[error("field {field} is not valid utf-8")]
+    NotUtf8 { field: &'static str },
+    #[error("field {field} is {value}, not a bool")]
+    NotBool { field: &'static str, value: u8 },
+}
+
+impl Record {
+    pub fn record_type(&self) -> RecordType {
+        match self {
+            Record::PlanAccepted { .. } => RecordType::PlanAccepted,
+            Record::ShardDone { .. } => RecordType::ShardDone,
+            Record::ShardFailed { .. } => RecordType::ShardFailed,
+            Record::ShardSplit { .. } => RecordType::ShardSplit,
+            Record::SubShardDone { .. } => RecordType::SubShardDone,
+            Record::PlanAborted { .. } => RecordType::PlanAborted,
+            Record::PlanReplayed { .. } => RecordType::PlanReplayed,
+            Record::PlanFinished { .. } => RecordType::PlanFinished,
+            Record::Event { .. } => RecordType::Event,
+        }
+    }
+
+    /// Payload length in bytes, after checking every string against its
+    /// bound. The result is at most `limits::PAYLOAD_LEN_MAX`.
+    pub fn payload_len(&self) -> Result<u32, FieldTooLong> {
+        fn s(field: &'static str, value: &str, max: u32) -> Result<u32, FieldTooLong> {
+            let len_bytes = value.len() as u64;
+            if len_bytes > u64::from(max) {
+                return Err(FieldTooLong {
+                    field,
+                    len_bytes,
+                    max_bytes: u64::from(max),
+                });
+            }
+            // Cannot truncate: len_bytes <= max, a u32.
+            Ok(STR_PREFIX_SIZE + len_bytes as u32)
+        }
+        Ok(match self {
+            Record::PlanAccepted { manifest_json, .. } => {
+                PLAN_ID_SIZE + 8 + 8 + s("manifest_json", manifest_json, MANIFEST_LEN_MAX)?
+            }
+            Record::ShardDone { .. } => SHARD_DONE_PAYLOAD_LEN,
+            Record::ShardFailed { error, .. } => {
+                PLAN_ID_SIZE + 8 + HASH_SIZE + 4 + 8 + 1 + s("error", error, ERROR_LEN_MAX)?
+            }
+            Record::ShardSplit { .. } => PLAN_ID_SIZE + 8 + 4,
+            Record::SubShardDone { .. } => PLAN_ID_SIZE + 8 + 4 + HASH_SIZE,
+            Record::PlanAborted { actor, reason, .. } => {
+                PLAN_ID_SIZE
+                    + 8
+                    + s("actor", actor, ACTOR_LEN_MAX)?
+                    + s("reason", reason, REASON_LEN_MAX)?
+            }
+            Record::PlanReplayed { actor, .. } => {
+                PLAN_ID_SIZE + 8 + s("actor", actor, ACTOR_LEN_MAX)?
+            }
+            Record::PlanFinished { .. } => PLAN_ID_SIZE + 8 + 8 + HASH_SIZE + 8 + 8,
+            Record::Event {
+                topic,
+                payload_json,
+                ..
+            } => {
+                8 + 8
+                    + s("topic", topic, TOPIC_LEN_MAX)?
+                    + s("payload_json", payload_json, EVENT_PAYLOAD_LEN_MAX)?
+            }
+        })
+    }
+
+    /// Appends the payload bytes to `out`. Call `payload_len` first: this
+    /// assumes the bounds hold.
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        let mut e = Enc(out);
+        match self {
+            Record::PlanAccepted {
+                plan_id,
+                accepted_at_ms,
+                shard_count,
+                manifest_json,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*accepted_at_ms);
+                e.u64(*shard_count);
+                e.str(manifest_json);
+            }
+            Record::ShardDone {
+                plan_id,
+                leaf_index,
+                cas_id,
+                output_digest,
+                attempts,
+                duration_us,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*leaf_index);
+                e.bytes(cas_id);
+                e.bytes(output_digest);
+                e.u32(*attempts);
+                e.u64(*duration_us);
+            }
+            Record::ShardFailed {
+                plan_id,
+                leaf_index,
+                cas_id,
+                attempts,
+                duration_us,
+                aborted,
+                error,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*leaf_index);
+                e.bytes(cas_id);
+                e.u32(*attempts);
+                e.u64(*duration_us);
+                e.u8(u8::from(*aborted));
+                e.str(error);
+            }
+            Record::ShardSplit {
+                plan_id,
+                leaf_index,
+                pieces,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*leaf_index);
+                e.u32(*pieces);
+            }
+            Record::SubShardDone {
+                plan_id,
+                leaf_index,
+                piece,
+                output_digest,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*leaf_index);
+                e.u32(*piece);
+                e.bytes(output_digest);
+            }
+            Record::PlanAborted {
+                plan_id,
+                at_ms,
+                actor,
+                reason,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.str(actor);
+                e.str(reason);
+            }
+            Record::PlanReplayed {
+                plan_id,
+                at_ms,
+                actor,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.str(actor);
+            }
+            Record::PlanFinished {
+                plan_id,
+                at_ms,
+                tree_size,
+                root,
+                done_count,
+                failed_count,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.u64(*tree_size);
+                e.bytes(root);
+                e.u64(*done_count);
+                e.u64(*failed_count);
+            }
+            Record::Event {
+                seq,
+                at_ms,
+                topic,
+                payload_json,
+            } => {
+                e.u64(*seq);
+                e.u64(*at_ms);
+                e.str(topic);
+                e.str(payload_json);
+            }
+        }
+    }
+
+    /// Decodes a payload of type `code`, consuming it exactly.
+    pub fn decode(code: u8, payload: &[u8]) -> Result<Record, DecodeError> {
+        let record_type = RecordType::from_code(code).ok_or(DecodeError::UnknownType { code })?;
+        let mut d = Dec { rest: payload };
+        let record = match record_type {
+            RecordType::PlanAccepted => Record::PlanAccepted {
+                plan_id: d.array("plan_id")?,
+                accepted_at_ms: d.u64("accepted_at_ms")?,
+                shard_count: d.u64("shard_count")?,
+                manifest_json: d.str("manifest_json", MANIFEST_LEN_MAX)?,
+            },
+            RecordType::ShardDone => Record::ShardDone {
+                plan_id: d.array("plan_id")?,
+                leaf_index: d.u64("leaf_index")?,
+                cas_id: d.array("cas_id")?,
+                output_digest: d.array("output_digest")?,
+                attempts: d.u32("attempts")?,
+                duration_us: d.u64("duration_us")?,
+            },
+            RecordType::ShardFailed => Record::ShardFailed {
+                plan_id: d.array("plan_id")?,
+                leaf_index: d.u64("leaf_index")?,
+                cas_id: d.array("cas_id")?,
+                attempts: d.u32("attempts")?,
+                duration_us: d.u64("duration_us")?,
+                aborted: d.bool("aborted")?,
+                error: d.str("error", ERROR_LEN_MAX)?,
+            },
+            RecordType::ShardSplit => Record::ShardSplit {
+                plan_id: d.array("plan_id")?,
+                leaf_index: d.u64("leaf_index")?,
+                pieces: d.u32("pieces")?,
+            },
+            RecordType::SubShardDone => Record::SubShardDone {
+                plan_id: d.array("plan_id")?,
+                leaf_index: d.u64("leaf_index")?,
+                piece: d.u32("piece")?,
+                output_digest: d.array("output_digest")?,
+            },
+            RecordType::PlanAborted => Record::PlanAborted {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                actor: d.str("actor", ACTOR_LEN_MAX)?,
+                reason: d.str("reason", REASON_LEN_MAX)?,
+            },
+            RecordType::PlanReplayed => Record::PlanReplayed {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                actor: d.str("actor", ACTOR_LEN_MAX)?,
+            },
+            RecordType::PlanFinished => Record::PlanFinished {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                tree_size: d.u64("tree_size")?,
+                root: d.array("root")?,
+                done_count: d.u64("done_count")?,
+                failed_count: d.u64("failed_count")?,
+            },
+            RecordType::Event => Record::Event {
+                seq: d.u64("seq")?,
+                at_ms: d.u64("at_ms")?,
+                topic: d.str("topic", TOPIC_LEN_MAX)?,
+                payload_json: d.str("payload_json", EVENT_PAYLOAD_LEN_MAX)?,
+            },
+        };
+        if !d.rest.is_empty() {
+            return Err(DecodeError::TrailingBytes {
+                extra_bytes: d.rest.len() as u64,
+            });
+        }
+        Ok(record)
+    }
+}
+
+/// Appends the whole frame of `record` to `out` (cleared first) and returns
+/// the payload length. The frame is `FRAME_OVERHEAD + len` bytes.
+pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooLong> {
+    let len = record.payload_len()?;
+    out.clear();
+    out.reserve(FRAME_OVERHEAD + len as usize);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // CRC, filled in below.
+    out.push(record.record_type() as u8);
+    record.encode_payload(out);
+    // Pair assertion, half one: the encoder wrote exactly the length that
+    // the header promises (the reader checks the other half).
+    assert_eq!(out.len(), FRAME_HEADER_SIZE + len as usize);
+    let crc = frame_crc(len, out[FRAME_TYPE_OFFSET], &out[FRAME_PAYLOAD_OFFSET..]);
+    out[FRAME_CRC_OFFSET..FRAME_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    out.push(END_MARKER);
+    Ok(len)
+}
+
+/// CRC-32C over the length, the type and the payload of a frame.
+pub fn frame_crc(len: u32, type_code: u8, payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&len.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc, &[type_code]);
+    crc32c::crc32c_append(crc, payload)
+}
+
+/// What stands at one offset of a segment's record area.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameRead<'a> {
+    /// A complete frame whose CRC and marker check; `end` is the offset just
+    /// after its marker. The payload is not decoded yet.
+    Frame {
+        type_code: u8,
+        payload: &'a [u8],
+        end: usize,
+    },
+    /// A zero frame header, or fewer than a header's bytes left, all zero.
+    EndOfData,
+    /// Not a valid frame; the caller decides between torn tail and damage.
+    Bad(BadFrame),
+}
+
+/// Why the bytes at an offset are not a valid frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadFrame {
+    /// Fewer than a frame header's bytes left and not all zero. The writer
+    /// never starts a frame that does not fit, so this is never a tear.
+    ShortTail,
+    /// `len != !comp`: a torn header if everything after the header is zero.
+    InconsistentLength { len: u32, complement: u32 },
+    /// A consistent length that no writer could produce here.
+    LengthOutOfRange { len: u32 },
+    /// Consistent header, end marker absent (zero): a torn frame if
+    /// everything after the frame is zero.
+    MissingMarker { len: u32 },
+    /// Marker present (non-zero) but the CRC fails.
+    Checksum { len: u32 },
+    /// CRC passes but the marker is neither 0 nor 0xA5.
+    BadMarker { len: u32, marker: u8 },
+}
+
+impl std::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadFrame::ShortTail => write!(f, "non-zero bytes too short for a frame header"),
+            BadFrame::InconsistentLength { len, complement } => write!(
+                f,
+                "frame length {len:#x} disagrees with its complement {complement:#x}"
+            ),
+            BadFrame::LengthOutOfRange { len } => {
+                write!(f, "frame length {len} does not fit in the segment")
+            }
+            BadFrame::MissingMarker { len } => {
+                write!(f, "frame of {len} bytes has no end marker")
+            }
+            BadFrame::Checksum { len } => write!(f, "frame of {len} bytes fails its crc"),
+            BadFrame::BadMarker { len, marker } => {
+                write!(f, "frame of {len} bytes has end marker {marker:#04x}")
+            }
+        }
+    }
+}
+
+/// Reads the frame at `pos` of `segment` (the whole segment's bytes).
+pub fn read_frame(segment: &[u8], pos: usize) -> FrameRead<'_> {
+    assert!(pos >= HEADER_SIZE && pos <= segment.len());
+    let rest = &segment[pos..];
+    if rest.len() < FRAME_HEADER_SIZE {
+        return if is_zero(rest) {
+            FrameRead::EndOfData
+        } else {
+            FrameRead::Bad(BadFrame::ShortTail)
+        };
+    }
+    let header = &rest[..FRAME_HEADER_SIZE];
+    if is_zero(header) {
+        return FrameRead::EndOfData;
+    }
+    let len = le_u32(header, FRAME_LEN_OFFSET);
+    let complement = le_u32(header, FRAME_LEN_COMPLEMENT_OFFSET);
+    if len != !complement {
+        return FrameRead::Bad(BadFrame::InconsistentLength { len, complement });
+    }
+    if len > super::limits::PAYLOAD_LEN_MAX || len as usize + FRAME_OVERHEAD > rest.len() {
+        return FrameRead::Bad(BadFrame::LengthOutOfRange { len });
+    }
+    let payload_end = FRAME_HEADER_SIZE + len as usize;
+    let marker = rest[payload_end];
+    if marker == 0 {
+        return FrameRead::Bad(BadFrame::MissingMarker { len });
+    }
+    let type_code = header[FRAME_TYPE_OFFSET];
+    let payload = &rest[FRAME_PAYLOAD_OFFSET..payload_end];
+    if frame_crc(len, type_code, payload) != le_u32(header, FRAME_CRC_OFFSET) {
+        return FrameRead::Bad(BadFrame::Checksum { len });
+    }
+    if marker != END_MARKER {
+        return FrameRead::Bad(BadFrame::BadMarker { len, marker });
+    }
+    FrameRead::Frame {
+        type_code,
+        payload,
+        end: pos + payload_end + 1,
+    }
+}
+
+/// The decoded fixed fields of a segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub index: u64,
+    pub size_bytes: u64,
+    pub generation: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut out = [0u8; HEADER_SIZE];
+        out[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET].copy_from_slice(&MAGIC);
+        out[HEADER_VERSION_OFFSET..HEADER_LEN_OFFSET]
+            .copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[HEADER_LEN_OFFSET..HEADER_INDEX_OFFSET]
+            .copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        out[HEADER_INDEX_OFFSET..HEADER_SIZE_OFFSET].copy_from_slice(&self.index.to_le_bytes());
+        out[HEADER_SIZE_OFFSET..HEADER_GENERATION_OFFSET]
+            .copy_from_slice(&self.size_bytes.to_le_bytes());
+        out[HEADER_GENERATION_OFFSET..HEADER_CRC_OFFSET]
+            .copy_from_slice(&self.generation.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..HEADER_CRC_OFFSET]);
+        out[HEADER_CRC_OFFSET..HEADER_USED_END].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses and checks a header against what the file says about itself
+    /// (its name and length).
+    pub fn parse(
+        segment: &[u8],
+        index: u64,
+        file_len_bytes: u64,
+    ) -> Result<SegmentHeader, HeaderError> {
+        if segment.len() < HEADER_SIZE {
+            return Err(HeaderError::TooShort {
+                len_bytes: segment.len() as u64,
+            });
+        }
+        let h = &segment[..HEADER_SIZE];
+        if h[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET] != MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        let crc = le_u32(h, HEADER_CRC_OFFSET);
+        if crc32c::crc32c(&h[..HEADER_CRC_OFFSET]) != crc {
+            return Err(HeaderError::Checksum);
+        }
+        let version = le_u32(h, HEADER_VERSION_OFFSET);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::UnsupportedVersion { version });
+        }
+        let header_len = le_u32(h, HEADER_LEN_OFFSET);
+        if header_len as usize != HEADER_SIZE {
+            return Err(HeaderError::BadHeaderLen { header_len });
+        }
+        if !is_zero(&h[HEADER_USED_END..]) {
+            return Err(HeaderError::NonZeroPadding);
+        }
+        let header = SegmentHeader {
+            index: le_u64(h, HEADER_INDEX_OFFSET),
+            size_bytes: le_u64(h, HEADER_SIZE_OFFSET),
+            generation: le_u64(h, HEADER_GENERATION_OFFSET),
+        };
+        if header.index != index {
+            return Err(HeaderError::IndexMismatch {
+                found: header.index,
+            });
+        }
+        if header.size_bytes != file_len_bytes {
+            return Err(HeaderError::SizeMismatch {
+                header_bytes: header.size_bytes,
+                file_bytes: file_len_bytes,
+            });
+        }
+        Ok(header)
+    }
+}
+
+/// Why a segment header is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("segment is only {len_bytes} bytes, shorter than a header")]
+    TooShort { len_bytes: u64 },
+    #[error("bad magic number")]
+    BadMagic,
+    #[error("header fails its crc")]
+    Checksum,
+    #[error("format version {version}, this build reads version {FORMAT_VERSION}")]
+    UnsupportedVersion { version: u32 },
+    #[error("header length {header_len}, expected {HEADER_SIZE}")]
+    BadHeaderLen { header_len: u32 },
+    #[error("non-zero header padding")]
+    NonZeroPadding,
+    #[error("header names segment {found}")]
+    IndexMismatch { found: u64 },
+    #[error("header says {header_bytes} bytes, the file has {file_bytes}")]
+    SizeMismatch { header_bytes: u64, file_bytes: u64 },
+}
+
+/// True when every byte is zero. Word-at-a-time, since recovery runs it over
+/// the whole preallocated tail of the last segment.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(64);
+    let words_zero = chunks.by_ref().all(|c| {
+        // Four 16-byte words OR-ed: few operations per byte even unoptimised
+        // (tests run recovery tens of thousands of times in debug builds).
+        let word = |i: usize| {
+            let mut w = [0u8; 16];
+            w.copy_from_slice(&c[i * 16..i * 16 + 16]);
+            u128::from_ne_bytes(w)
+        };
+        (word(0) | word(1) | word(2) | word(3)) == 0
+    });
+    words_zero && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Offset of the first non-zero byte, if any.
+pub fn first_non_zero(bytes: &[u8]) -> Option<usize> {
+    let mut base = 0;
+    for chunk in bytes.chunks(64) {
+        if !is_zero(chunk) {
+            return chunk.iter().position(|&b| b != 0).map(|i| base + i);
+        }
+        base += chunk.len();
+    }
+    None
+}
+
+/// One past the offset of the last non-zero byte (0 when all are zero).
+pub fn non_zero_end(bytes: &[u8]) -> usize {
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(64);
+        let chunk = &bytes[start..end];
+        if !is_zero(chunk) {
+            // A non-zero byte exists, so rposition finds one.
+            return start + chunk.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        }
+        end = start;
+    }
+    0
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+struct Enc<'a>(&'a mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.0.extend_from_slice(v);
+    }
+    fn str(&mut self, v: &str) {
+        // Bounded by `payload_len`, which the caller ran first.
+        let len = u32::try_from(v.len()).expect("string bounded by payload_len");
+        self.u32(len);
+        self.bytes(v.as_bytes());
+    }
+}
+
+struct Dec<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(DecodeError::Truncated { field });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::NotBool { field, value }),
+        }
+    }
+    fn str(&mut self, field: &'static str, max: u32) -> Result<String, DecodeError> {
+        let len = self.u32(field)?;
+        if len > max {
+            return Err(DecodeError::TooLong {
+                field,
+                len_bytes: u64::from(len),
+                max_bytes: u64::from(max),
+            });
+        }
+        let bytes = self.take(len as usize, field)?;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(DecodeError::NotUtf8 { field }),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hash::sha256;
+
+    /// One record of every type, with every field distinct and non-zero.
+    pub(crate) fn one_of_each() -> Vec<Record> {
+        let plan_id: PlanId = *b"0123456789abcdef";
+        vec![
+            Record::PlanAccepted {
+                plan_id,
+                accepted_at_ms: 1_700_000_000_000,
+                shard_count: 3,
+                manifest_json: r#"{"name":"golden","stages":[]}"#.to_owned(),
+            },
+            Record::ShardDone {
+                plan_id,
+                leaf_index: 0,
+                cas_id: sha256(b"cas 0"),
+                output_digest: sha256(b"out 0"),
+                attempts: 1,
+                duration_us: 1234,
+            },
+            Record::ShardFailed {
+                plan_id,
+                leaf_index: 1,
+                cas_id: sha256(b"cas 1"),
+                attempts: 3,
+                duration_us: 99_000,
+                aborted: false,
+                error: "exit status 2: no such file — «é»".to_owned(),
+            },
+            Record::ShardSplit {
+                plan_id,
+                leaf_index: 2,
+                pieces: 4,
+            },
+            Record::SubShardDone {
+                plan_id,
+                leaf_index: 2,
+                piece: 3,
+                output_digest: sha256(b"piece 3"),
+            },
+            Record::PlanAborted {
+                plan_id,
+                at_ms: 1_700_000_000_500,
+                actor: "admiral".to_owned(),
+                reason: "timebox".to_owned(),
+            },
+            Record::PlanReplayed {
+                plan_id,
+                at_ms: 1_700_000_000_900,
+                actor: "captain".to_owned(),
+            },
+            Record::PlanFinished {
+                plan_id,
+                at_ms: 1_700_000_001_000,
+                tree_size: 3,
+                root: sha256(b"root"),
+                done_count: 2,
+                failed_count: 1,
+            },
+            Record::Event {
+                seq: 42,
+                at_ms: 1_700_000_001_001,
+                topic: "hxo.audit".to_owned(),
+                payload_json: r#"{"who":"admiral"}"#.to_owned(),
+            },
+        ]
+    }
+
+    fn decode_frame(frame: &[u8]) -> Record {
+        let mut segment = vec![0u8; HEADER_SIZE];
+        segment.extend_from_slice(frame);
+        match read_frame(&segment, HEADER_SIZE) {
+            FrameRead::Frame {
+                type_code,
+                payload,
+                end,
+            } => {
+                assert_eq!(end, segment.len());
+                Record::decode(type_code, payload).unwrap()
+            }
+            other => panic!("not a frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_record_type_round_trips() {
+        let records = one_of_each();
+        let mut seen = std::collections::HashSet::new();
+        let mut frame = Vec::new();
+        for record in &records {
+            seen.insert(record.record_type() as u8);
+            let len = encode_frame(record, &mut frame).unwrap();
+            // Pair assertion: the encoded frame has the promised shape...
+            assert_eq!(frame.len(), FRAME_OVERHEAD + len as usize);
+            assert_eq!(le_u32(&frame, 0), len);
+            assert_eq!(le_u32(&frame, 4), !len);
+            assert_eq!(frame[FRAME_TYPE_OFFSET], record.record_type() as u8);
+            assert_eq!(*frame.last().unwrap(), END_MARKER);
+            // ...and reads back to the same record.
+            assert_eq!(&decode_frame(&frame), record);
+        }
+        assert_eq!(seen.len(), 9, "one_of_each must cover every type");
+    }
+
+    #[test]
+    fn shard_done_is_compact() {
+        let mut frame = Vec::new();
+        encode_frame(&one_of_each()[1], &mut frame).unwrap();
+        assert_eq!(frame.len(), 114);
+    }
+
+    #[test]
+    fn fields_over_their_limit_are_refused() {
+        let record = Record::ShardFailed {
+            plan_id: [1; 16],
+            leaf_index: 0,
+            cas_id: [2; 32],
+            attempts: 1,
+            duration_us: 0,
+            aborted: true,
+            error: "x".repeat(ERROR_LEN_MAX as usize + 1),
+        };
+        let err = encode_frame(&record, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.field, "error");
+        assert_eq!(err.max_bytes, u64::from(ERROR_LEN_MAX));
+        let at_limit = Record::PlanAccepted {
+            plan_id: [1; 16],
+            accepted_at_ms: 0,
+            shard_count: 0,
+            manifest_json: "m".repeat(MANIFEST_LEN_MAX as usize),
+        };
+        let len = encode_frame(&at_limit, &mut Vec::new()).unwrap();
+        assert_eq!(len, payload_len_max());
+    }
+
+    #[test]
+    fn decoder_rejects_what_no_writer_produces() {
+        let mut payload = Vec::new();
+        one_of_each()[2].encode_payload(&mut payload);
+        let code = RecordType::ShardFailed as u8;
+        assert!(Record::decode(code, &payload).is_ok());
+        assert_eq!(
+            Record::decode(0, &payload),
+            Err(DecodeError::UnknownType { code: 0 })
+        );
+        assert_eq!(
+            Record::decode(10, &payload),
+            Err(DecodeError::UnknownType { code: 10 })
+        );
+        let mut trailing = payload.clone();
+        trailing.push(0);
+        assert_eq!(
+            Record::decode(code, &trailing),
+            Err(DecodeError::TrailingBytes { extra_bytes: 1 })
+        );
+        assert!(matches!(
+            Record::decode(code, &payload[..payload.len() - 1]),
+            Err(DecodeError::Truncated { field: "error" })
+        ));
+        // The aborted flag sits after plan_id, leaf_index, cas_id, attempts,
+        // duration_us.
+        let bool_at = 16 + 8 + 32 + 4 + 8;
+        let mut bad_bool = payload.clone();
+        bad_bool[bool_at] = 2;
+        assert_eq!(
+            Record::decode(code, &bad_bool),
+            Err(DecodeError::NotBool {
+                field: "aborted",
+                value: 2
+            })
+        );
+        let mut bad_utf8 = payload.clone();
+        let last = bad_utf8.len() - 1;
+        bad_utf8[last] = 0xff;
+        assert_eq!(
+            Record::decode(code, &bad_utf8),
+            Err(DecodeError::NotUtf8 { field: "error" })
+        );
+        let mut too_long = payload;
+        too_long[bool_at + 1..bool_at + 5].copy_from_slice(&(ERROR_LEN_MAX + 1).to_le_bytes());
+        assert!(matches!(
+            Record::decode(code, &too_long),
+            Err(DecodeError::TooLong { field: "error", .. })
+        ));
+    }
+
+    #[test]
+    fn frame_reader_classifies_tears_and_damage() {
+        let mut frame = Vec::new();
+        encode_frame(&one_of_each()[1], &mut frame).unwrap();
+        let segment_with = |frame: &[u8]| {
+            let mut s = vec![0u8; HEADER_SIZE];
+            s.extend_from_slice(frame);
+            s.resize(HEADER_SIZE + 512, 0);
+            s
+        };
+        let s = segment_with(&frame);
+        assert!(matches!(
+            read_frame(&s, HEADER_SIZE),
+            FrameRead::Frame { .. }
+        ));
+        assert_eq!(
+            read_frame(&s, HEADER_SIZE + frame.len()),
+            FrameRead::EndOfData
+        );
+        // Marker not yet written.
+        let mut torn = frame.clone();
+        *torn.last_mut().unwrap() = 0;
+        assert_eq!(
+            read_frame(&segment_with(&torn), HEADER_SIZE),
+            FrameRead::Bad(BadFrame::MissingMarker { len: 100 })
+        );
+        // Only part of the complement written.
+        let s = segment_with(&frame[..6]);
+        assert!(matches!(
+            read_frame(&s, HEADER_SIZE),
+            FrameRead::Bad(BadFrame::InconsistentLength { .. })
+        ));
+        let mut flipped = frame.clone();
+        flipped[FRAME_PAYLOAD_OFFSET + 7] ^= 0x10;
+        assert_eq!(
+            read_frame(&segment_with(&flipped), HEADER_SIZE),
+            FrameRead::Bad(BadFrame::Checksum { len: 100 })
+        );
+        let mut marker = frame.clone();
+        *marker.last_mut().unwrap() ^= 0x01;
+        assert_eq!(
+            read_frame(&segment_with(&marker), HEADER_SIZE),
+            FrameRead::Bad(BadFrame::BadMarker {
+                len: 100,
+                marker: 0xA4
+            })
+        );
+        // A consistent length past the end of the segment.
+        let mut s = vec![0u8; HEADER_SIZE + 20];
+        s[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&100u32.to_le_bytes());
+        s[HEADER_SIZE + 4..HEADER_SIZE + 8].copy_from_slice(&(!100u32).to_le_bytes());
+        assert_eq!(
+            read_frame(&s, HEADER_SIZE),
+            FrameRead::Bad(BadFrame::LengthOutOfRange { len: 100 })
+        );
+        let mut short = vec![0u8; HEADER_SIZE + 5];
+        assert_eq!(read_frame(&short, HEADER_SIZE), FrameRead::EndOfData);
+        short[HEADER_SIZE + 4] = 1;
+        assert_eq!(
+            read_frame(&short, HEADER_SIZE),
+            FrameRead::Bad(BadFrame::ShortTail)
+        );
+    }
+
+    #[test]
+    fn header_round_trips_and_every_bit_flip_is_refused() {
+        let header = SegmentHeader {
+            index: 7,
+            size_bytes: 65536,
+            generation: 2,
+        };
+        let bytes = header.encode();
+        assert_eq!(SegmentHeader::parse(&bytes, 7, 65536), Ok(header));
+        assert_eq!(
+            SegmentHeader::parse(&bytes, 8, 65536),
+            Err(HeaderError::IndexMismatch { found: 7 })
+        );
+        assert!(matches!(
+            SegmentHeader::parse(&bytes, 7, 4096),
+            Err(HeaderError::SizeMismatch { .. })
+        ));
+        for bit in 0..HEADER_SIZE * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                SegmentHeader::parse(&flipped, 7, 65536).is_err(),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_helpers_agree_with_the_naive_versions() {
+        for len in [0usize, 1, 63, 64, 65, 200] {
+            for at in 0..len {
+                let mut v = vec![0u8; len];
+                v[at] = 9;
+                assert!(!is_zero(&v));
+                assert_eq!(first_non_zero(&v), Some(at));
+                assert_eq!(non_zero_end(&v), at + 1);
+            }
+            let v = vec![0u8; len];
+            assert!(is_zero(&v));
+            assert_eq!(first_non_zero(&v), None);
+            assert_eq!(non_zero_end(&v), 0);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The recovery scan of one segment: walks its frames and decides where
+//! the valid data ends and what follows it (clean end, torn tail, damage),
+//! applying the rules written down in [`super::format`].
+//!
+//! Pure: it reads a byte slice and reports; the log decides what to write.
+
+use super::format::{
+    self, BadFrame, FrameRead, Record, FRAME_HEADER_SIZE, FRAME_OVERHEAD, HEADER_SIZE,
+};
+
+/// What a scan found after the last valid frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanStop {
+    /// Zeros to the end of the segment (or the segment is full).
+    Clean,
+    /// A prefix-shaped tear in the last segment: the `bytes` bytes from
+    /// `offset` (to the last non-zero byte) are to be zeroed.
+    Torn { offset: usize, bytes: usize },
+    /// Anything else. `offset` is where the damage starts (the bad frame,
+    /// or the first stray byte after the end of data); `bytes` runs from
+    /// there to the last non-zero byte of the segment.
+    Damaged {
+        offset: usize,
+        bytes: usize,
+        reason: String,
+    },
+}
+
+/// Result of scanning one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Offset just after the last valid frame; the records before it are
+    /// the segment's records whatever `stop` says.
+    pub data_end: usize,
+    pub record_count: u64,
+    pub stop: ScanStop,
+}
+
+/// Scans the record area of `segment` (the whole file's bytes, header
+/// already checked). `is_last` enables the torn-tail rules. Every valid
+/// record is decoded and handed to `on_record` in order.
+pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) -> SegmentScan {
+    assert!(segment.len() >= HEADER_SIZE, "header checked by the caller");
+    let mut pos = HEADER_SIZE;
+    let mut record_count = 0u64;
+    loop {
+        let stop = match format::read_frame(segment, pos) {
+            FrameRead::Frame {
+                type_code,
+                payload,
+                end,
+            } => match Record::decode(type_code, payload) {
+                Ok(record) => {
+                    on_record(record);
+                    record_count += 1;
+                    pos = end;
+                    continue;
+                }
+                // It passed the CRC, so it was written this way: never a tear.
+                Err(e) => damaged(segment, pos, format!("record does not decode: {e}")),
+            },
+            FrameRead::EndOfData => match format::first_non_zero(&segment[pos..]) {
+                None => ScanStop::Clean,
+                Some(i) => damaged(
+                    segment,
+                    pos + i,
+                    format!("non-zero bytes after the end of data at offset {pos}"),
+                ),
+            },
+            FrameRead::Bad(bad) => {
+                let rest_zero_from = match bad {
+                    BadFrame::InconsistentLength { .. } => Some(pos + FRAME_HEADER_SIZE),
+                    BadFrame::MissingMarker { len } => Some(pos + FRAME_OVERHEAD + len as usize),
+                    _ => None,
+                };
+                let torn =
+                    is_last && rest_zero_from.is_some_and(|from| format::is_zero(&segment[from..]));
+                if torn {
+                    ScanStop::Torn {
+                        offset: pos,
+                        bytes: format::non_zero_end(&segment[pos..]),
+                    }
+                } else {
+                    damaged(segment, pos, bad.to_string())
+                }
+            }
+        };
+        return SegmentScan {
+            data_end: pos,
+            record_count,
+            stop,
+        };
+    }
+}
+
+fn damaged(segment: &[u8], offset: usize, reason: String) -> ScanStop {
+    ScanStop::Damaged {
+        offset,
+        bytes: format::non_zero_end(&segment[offset..]).max(1),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::{encode_frame, tests::one_of_each, SegmentHeader};
+    use super::*;
+
+    fn segment_of(records: &[Record], size: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut s = SegmentHeader {
+            index: 0,
+            size_bytes: size as u64,
+            generation: 0,
+        }
+        .encode()
+        .to_vec();
+        let mut starts = Vec::new();
+        let mut frame = Vec::new();
+        for r in records {
+            starts.push(s.len());
+            encode_frame(r, &mut frame).unwrap();
+            s.extend_from_slice(&frame);
+        }
+        starts.push(s.len());
+        s.resize(size, 0);
+        (s, starts)
+    }
+
+    fn count(segment: &[u8], is_last: bool) -> SegmentScan {
+        scan(segment, is_last, &mut |_| {})
+    }
+
+    #[test]
+    fn clean_segment_yields_every_record() {
+        let records = one_of_each();
+        let (s, starts) = segment_of(&records, 4096);
+        let mut seen = Vec::new();
+        let result = scan(&s, true, &mut |r| seen.push(r));
+        assert_eq!(seen, records);
+        assert_eq!(result.stop, ScanStop::Clean);
+        assert_eq!(result.data_end, *starts.last().unwrap());
+    }
+
+    #[test]
+    fn prefix_of_the_last_frame_is_a_tear_only_in_the_last_segment() {
+        let records = one_of_each();
+        let (full, starts) = segment_of(&records, 4096);
+        let last_start = starts[starts.len() - 2];
+        let end = starts[starts.len() - 1];
+        for cut in last_start + 1..end {
+            let mut s = full.clone();
+            s[cut..end].fill(0);
+            let r = count(&s, true);
+            assert_eq!(r.record_count, records.len() as u64 - 1, "cut {cut}");
+            assert_eq!(
+                r.stop,
+                ScanStop::Torn {
+                    offset: last_start,
+                    bytes: format::non_zero_end(&s[last_start..])
+                },
+                "cut {cut}"
+            );
+            assert!(matches!(count(&s, false).stop, ScanStop::Damaged { .. }));
+        }
+    }
+
+    #[test]
+    fn damage_followed_by_data_is_never_a_tear() {
+        let records = one_of_each();
+        let (full, starts) = segment_of(&records, 4096);
+        // A hole of zeros in the middle of the frame stream.
+        let mut s = full.clone();
+        s[starts[3]..starts[4]].fill(0);
+        let r = count(&s, true);
+        assert_eq!(r.record_count, 3);
+        assert!(
+            matches!(r.stop, ScanStop::Damaged { offset, .. } if offset == starts[4]),
+            "{r:?}"
+        );
+        // A stray byte far past the end of data.
+        let mut s = full.clone();
+        s[4000] = 1;
+        let r = count(&s, true);
+        assert_eq!(r.record_count, records.len() as u64);
+        assert_eq!(
+            r.stop,
+            ScanStop::Damaged {
+                offset: 4000,
+                bytes: 1,
+                reason: format!(
+                    "non-zero bytes after the end of data at offset {}",
+                    starts.last().unwrap()
+                )
+            }
+        );
+        // The last frame torn but a stray byte after it.
+        let mut s = full;
+        let last_start = starts[starts.len() - 2];
+        s[last_start + 20..*starts.last().unwrap()].fill(0);
+        s[4000] = 1;
+        assert!(matches!(count(&s, true).stop, ScanStop::Damaged { .. }));
+    }
+
+    #[test]
+    fn undecodable_payload_with_good_crc_is_damage() {
+        let (mut s, starts) = segment_of(&one_of_each()[..1], 4096);
+        // Change the type to ShardDone and fix the CRC: a bug, not a tear.
+        let at = starts[0];
+        s[at + format::FRAME_TYPE_OFFSET] = format::RecordType::ShardDone as u8;
+        let len = u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
+        let payload = &s[at + FRAME_HEADER_SIZE..at + FRAME_HEADER_SIZE + len as usize];
+        let crc = format::frame_crc(len, 2, payload);
+        s[at + format::FRAME_CRC_OFFSET..at + format::FRAME_CRC_OFFSET + 4]
+            .copy_from_slice(&crc.to_le_bytes());
+        let r = count(&s, true);
+        assert_eq!(r.record_count, 0);
+        assert!(
+            matches!(r.stop, ScanStop::Damaged { ref reason, .. } if reason.contains("decode"))
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! Reports: the guide's status fields and metrics, computed from a plan's
+//! record in the store. These are wire types shared by the CLI's `--json`
+//! output and the HTTP API, so field names are a contract.
+
+use crate::hash::to_hex;
+use crate::store::{plan_id_text, PlanRecord, SlotState};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StageReport {
+    pub stage_id: String,
+    pub kind: String,
+    pub executor: String,
+    pub total_shards: u64,
+    pub pending_shards: u64,
+    pub done_shards: u64,
+    pub failed_shards: u64,
+    pub reused_shards: u64,
+    pub slo_ms: u64,
+    pub p50_shard_ms: f64,
+    pub p95_shard_ms: f64,
+    pub busy_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub plan_id: String,
+    pub plan_name: String,
+    pub status: String,
+    pub total_shards: u64,
+    pub pending_shards: u64,
+    pub claimed_shards: u64,
+    pub running_shards: u64,
+    pub done_shards: u64,
+    pub failed_shards: u64,
+    pub aborted_shards: u64,
+    pub reused_shards: u64,
+    pub merkle_root: Option<String>,
+    pub tree_size: u64,
+    pub truth_certified: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub eta_seconds: Option<f64>,
+    /// Done shards over total.
+    pub completion_rate: f64,
+    /// Failed (and aborted) shards over those with an outcome.
+    pub failed_ratio: f64,
+    pub avg_shard_ms: f64,
+    pub p50_shard_ms: f64,
+    pub p95_shard_ms: f64,
+    pub rehydrations: u32,
+    pub replays: u32,
+    pub stages: Vec<StageReport>,
+    /// Up to 20 failed shards with their errors.
+    pub failures: Vec<FailureReport>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FailureReport {
+    pub leaf_index: u64,
+    pub stage_id: String,
+    pub cas_id: String,
+    pub state: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// What only a live run knows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Live {
+    pub claimed: u64,
+    pub running: u64,
+    /// Shards per second recently observed.
+    pub rate_per_second: f64,
+    pub running_now: bool,
+}
+
+/// p-th percentile (0..=100) of `values`, which it reorders.
+pub fn percentile_us(values: &mut [u64], percent: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let rank = ((percent / 100.0) * (values.len() - 1) as f64).round() as usize;
+    let (_, value, _) = values.select_nth_unstable(rank);
+    *value
+}
+
+/// RFC 3339 UTC time of a Unix time in milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+pub fn build(plan: &PlanRecord, live: Live) -> Report {
+    let counts = plan.counts();
+    let mut all_durations: Vec<u64> = Vec::new();
+    let mut stages = Vec::with_capacity(plan.manifest.stages.len());
+    for stage in &plan.manifest.stages {
+        let range = stage.first_leaf as usize..(stage.first_leaf + stage.shard_count) as usize;
+        let slots = plan.shards.get(range).unwrap_or(&[]);
+        let (mut done, mut failed, mut reused) = (0, 0, 0);
+        let mut durations = Vec::new();
+        for slot in slots {
+            match slot.state {
+                SlotState::Done => {
+                    done += 1;
+                    if slot.reused {
+                        reused += 1;
+                    } else {
+                        durations.push(slot.duration_us);
+                    }
+                }
+                SlotState::Failed | SlotState::Aborted => failed += 1,
+                SlotState::Pending => {}
+            }
+        }
+        let busy_us: u64 = durations.iter().sum();
+        all_durations.extend_from_slice(&durations);
+        stages.push(StageReport {
+            stage_id: stage.id.clone(),
+            kind: stage.kind.clone(),
+            executor: stage.executor.clone(),
+            total_shards: stage.shard_count,
+            pending_shards: stage.shard_count - done - failed,
+            done_shards: done,
+            failed_shards: failed,
+            reused_shards: reused,
+            slo_ms: stage.slo_ms,
+            p50_shard_ms: ms(percentile_us(&mut durations, 50.0)),
+            p95_shard_ms: ms(percentile_us(&mut durations, 95.0)),
+            busy_ms: ms(busy_us),
+        });
+    }
+    let total = plan.shard_count();
+    let with_outcome = counts.done + counts.failed + counts.aborted;
+    let pending_all = total - with_outcome;
+    let avg_us = if all_durations.is_empty() {
+        0
+    } else {
+        all_durations.iter().sum::<u64>() / all_durations.len() as u64
+    };
+    let p50 = percentile_us(&mut all_durations, 50.0);
+    let p95 = percentile_us(&mut all_durations, 95.0);
+    let eta_seconds = if pending_all == 0 {
+        Some(0.0)
+    } else if live.running_now && live.rate_per_second > 0.0 {
+        Some(((pending_all as f64 / live.rate_per_second) * 10.0).round() / 10.0)
+    } else {
+        None
+    };
+    let mut failures: Vec<FailureReport> = Vec::new();
+    let mut failed_leaves: Vec<&u64> = plan.errors.keys().collect();
+    failed_leaves.sort_unstable();
+    for &leaf in failed_leaves.into_iter().take(20) {
+        let slot = &plan.shards[leaf as usize];
+        failures.push(FailureReport {
+            leaf_index: leaf,
+            stage_id: plan
+                .manifest
+                .stage_of(leaf)
+                .map_or_else(String::new, |s| s.id.clone()),
+            cas_id: to_hex(&slot.cas_id),
+            state: slot.state.name().to_string(),
+            attempts: slot.attempts,
+            error: plan.errors[&leaf].clone(),
+        });
+    }
+    let status = if live.running_now {
+        "running".to_string()
+    } else {
+        plan.status().to_string()
+    };
+    let claimed = live.claimed.min(pending_all);
+    let running = live.running.min(pending_all - claimed);
+    Report {
+        plan_id: plan_id_text(&plan.plan_id),
+        plan_name: plan.manifest.spec.name.clone(),
+        status,
+        total_shards: total,
+        pending_shards: pending_all - claimed - running,
+        claimed_shards: claimed,
+        running_shards: running,
+        done_shards: counts.done,
+        failed_shards: counts.failed + counts.aborted,
+        aborted_shards: counts.aborted,
+        reused_shards: counts.reused,
+        merkle_root: plan.finished.as_ref().map(|f| to_hex(&f.root)),
+        tree_size: plan.finished.as_ref().map_or(0, |f| f.tree_size),
+        truth_certified: plan.truth_certified(),
+        started_at: rfc3339(plan.accepted_at_ms),
+        finished_at: plan.finished.as_ref().map(|f| rfc3339(f.at_ms)),
+        eta_seconds,
+        completion_rate: if total == 0 {
+            1.0
+        } else {
+            counts.done as f64 / total as f64
+        },
+        failed_ratio: if with_outcome == 0 {
+            0.0
+        } else {
+            (counts.failed + counts.aborted) as f64 / with_outcome as f64
+        },
+        avg_shard_ms: ms(avg_us),
+        p50_shard_ms: ms(p50),
+        p95_shard_ms: ms(p95),
+        rehydrations: plan.rehydrations,
+        replays: plan.replays,
+        stages,
+        failures,
+    }
+}
+
+impl Report {
+    /// The human report printed at the end of a run.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "plan      {} ({})\n",
+            self.plan_name, self.plan_id
+        ));
+        out.push_str(&format!("status    {}\n", self.status));
+        out.push_str(&format!(
+            "shards    {} total, {} done ({} reused), {} failed, {} pending\n",
+            self.total_shards,
+            self.done_shards,
+            self.reused_shards,
+            self.failed_shards,
+            self.pending_shards + self.claimed_shards + self.running_shards
+        ));
+        for stage in &self.stages {
+            out.push_str(&format!(
+                "  {:<24} {:>9} done {:>7} failed {:>9} pending  p50 {:>8.2} ms  p95 {:>8.2} ms\n",
+                stage.stage_id,
+                stage.done_shards,
+                stage.failed_shards,
+                stage.pending_shards,
+                stage.p50_shard_ms,
+                stage.p95_shard_ms
+            ));
+        }
+        match &self.merkle_root {
+            Some(root) => out.push_str(&format!(
+                "root      {root} (tree size {}, {})\n",
+                self.tree_size,
+                if self.truth_certified {
+                    "certified"
+                } else {
+                    "not certified"
+                }
+            )),
+            None => out.push_str("root      (none yet)\n"),
+        }
+        out.push_str(&format!(
+            "timing    started {}, finished {}, shard p50 {:.3} ms, p95 {:.3} ms\n",
+            self.started_at,
+            self.finished_at.as_deref().unwrap_or("-"),
+            self.p50_shard_ms,
+            self.p95_shard_ms
+        ));
+        for failure in &self.failures {
+            out.push_str(&format!(
+                "failed    #{} {} {} after {} attempt(s): {}\n",
+                failure.leaf_index,
+                failure.stage_id,
+                &failure.cas_id[..12],
+                failure.attempts,
+                failure.error
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let mut values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile_us(&mut values, 50.0), 51);
+        assert_eq!(percentile_us(&mut values, 95.0), 95);
+        assert_eq!(percentile_us(&mut [], 95.0), 0);
+    }
+}

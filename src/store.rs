@@ -1,0 +1,811 @@
+//! The store: the checkpoint log plus the in-memory index of what it says.
+//!
+//! On open, every record is replayed into a [`PlanRecord`] per plan. While
+//! the process runs, the log writer's durability callback applies each
+//! durable batch to the same index, so the index never shows an outcome
+//! that is not on disk: status, reports, events and the HTTP API all read
+//! from here. That is how "a shard is reported DONE only after its record
+//! is durable" holds everywhere at once.
+//!
+//! INVARIANT: a [`PlanRecord`]'s counts always equal the number of its
+//! shard slots in each state.
+
+use crate::events::{Bus, Event};
+use crate::hash::Hash;
+use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport};
+use crate::plan::Manifest;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    Pending,
+    Done,
+    Failed,
+    Aborted,
+}
+
+impl SlotState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Pending => "pending",
+            SlotState::Done => "done",
+            SlotState::Failed => "failed",
+            SlotState::Aborted => "aborted",
+        }
+    }
+}
+
+/// What the log says about one shard of a plan.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardSlot {
+    /// Zero until the shard has an outcome in the log or the plan was
+    /// compiled in this process.
+    pub cas_id: Hash,
+    pub output_digest: Hash,
+    pub duration_us: u64,
+    pub attempts: u32,
+    pub state: SlotState,
+    /// Done by reusing an earlier result with the same cas_id.
+    pub reused: bool,
+}
+
+impl Default for ShardSlot {
+    fn default() -> Self {
+        ShardSlot {
+            cas_id: [0; 32],
+            output_digest: [0; 32],
+            duration_us: 0,
+            attempts: 0,
+            state: SlotState::Pending,
+            reused: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub done: u64,
+    pub failed: u64,
+    pub aborted: u64,
+    pub reused: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub at_ms: u64,
+    pub tree_size: u64,
+    pub root: Hash,
+    pub done_count: u64,
+    pub failed_count: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AbortInfo {
+    pub at_ms: u64,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Everything the log says about one plan.
+#[derive(Clone, Debug)]
+pub struct PlanRecord {
+    pub plan_id: PlanId,
+    pub manifest: Manifest,
+    pub accepted_at_ms: u64,
+    pub shards: Vec<ShardSlot>,
+    /// Error text of shards whose latest outcome is a failure.
+    pub errors: HashMap<u64, String>,
+    // INVARIANT: matches the states in `shards`.
+    counts: Counts,
+    pub aborted: Option<AbortInfo>,
+    pub finished: Option<Finish>,
+    pub replays: u32,
+    pub rehydrations: u32,
+    /// Hot-shard splits: leaf -> (pieces, piece digests so far).
+    pub splits: HashMap<u64, (u32, Vec<Option<Hash>>)>,
+    pub last_change_ms: u64,
+    /// The root a durable certification event vouched for.
+    pub certified_root: Option<Hash>,
+}
+
+impl PlanRecord {
+    fn new(plan_id: PlanId, manifest: Manifest, accepted_at_ms: u64, shard_count: u64) -> Self {
+        PlanRecord {
+            plan_id,
+            manifest,
+            accepted_at_ms,
+            shards: vec![ShardSlot::default(); shard_count as usize],
+            errors: HashMap::new(),
+            counts: Counts::default(),
+            aborted: None,
+            finished: None,
+            replays: 0,
+            rehydrations: 0,
+            splits: HashMap::new(),
+            last_change_ms: accepted_at_ms,
+            certified_root: None,
+        }
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    pub fn shard_count(&self) -> u64 {
+        self.shards.len() as u64
+    }
+
+    pub fn pending_count(&self) -> u64 {
+        self.shard_count() - self.counts.done - self.counts.failed - self.counts.aborted
+    }
+
+    /// Finished or aborted, with no replay asked for since.
+    pub fn is_complete(&self) -> bool {
+        self.finished.is_some() || self.aborted.is_some()
+    }
+
+    /// The latest root is certified (DESIGN section 3).
+    pub fn truth_certified(&self) -> bool {
+        match (&self.finished, &self.certified_root) {
+            (Some(finish), Some(root)) => finish.root == *root,
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> &'static str {
+        if self.aborted.is_some() {
+            "aborted"
+        } else if self.finished.is_some() {
+            if self.counts.failed + self.counts.aborted > 0 || self.pending_count() > 0 {
+                "failed"
+            } else {
+                "finished"
+            }
+        } else {
+            "incomplete"
+        }
+    }
+
+    fn set_state(&mut self, leaf: u64, state: SlotState, reused: bool) {
+        let slot = &mut self.shards[leaf as usize];
+        match slot.state {
+            SlotState::Pending => {}
+            SlotState::Done => self.counts.done -= 1,
+            SlotState::Failed => self.counts.failed -= 1,
+            SlotState::Aborted => self.counts.aborted -= 1,
+        }
+        if slot.reused {
+            self.counts.reused -= 1;
+        }
+        slot.state = state;
+        slot.reused = reused;
+        match state {
+            SlotState::Pending => {}
+            SlotState::Done => self.counts.done += 1,
+            SlotState::Failed => self.counts.failed += 1,
+            SlotState::Aborted => self.counts.aborted += 1,
+        }
+        if reused {
+            self.counts.reused += 1;
+        }
+    }
+
+    /// Applies one of this plan's records. Records naming a leaf outside
+    /// the plan are ignored (they cannot come from this writer).
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::ShardDone {
+                leaf_index,
+                cas_id,
+                output_digest,
+                attempts,
+                duration_us,
+                ..
+            } => {
+                if *leaf_index >= self.shard_count() {
+                    return;
+                }
+                self.set_state(*leaf_index, SlotState::Done, *attempts == 0);
+                let slot = &mut self.shards[*leaf_index as usize];
+                slot.cas_id = *cas_id;
+                slot.output_digest = *output_digest;
+                slot.attempts = *attempts;
+                slot.duration_us = *duration_us;
+                self.errors.remove(leaf_index);
+                self.splits.remove(leaf_index);
+            }
+            Record::ShardFailed {
+                leaf_index,
+                cas_id,
+                attempts,
+                duration_us,
+                aborted,
+                error,
+                ..
+            } => {
+                if *leaf_index >= self.shard_count() {
+                    return;
+                }
+                let state = if *aborted {
+                    SlotState::Aborted
+                } else {
+                    SlotState::Failed
+                };
+                self.set_state(*leaf_index, state, false);
+                let slot = &mut self.shards[*leaf_index as usize];
+                slot.cas_id = *cas_id;
+                slot.attempts = *attempts;
+                slot.duration_us = *duration_us;
+                self.errors.insert(*leaf_index, error.clone());
+            }
+            Record::ShardSplit {
+                leaf_index, pieces, ..
+            } => {
+                self.splits
+                    .insert(*leaf_index, (*pieces, vec![None; *pieces as usize]));
+            }
+            Record::SubShardDone {
+                leaf_index,
+                piece,
+                output_digest,
+                ..
+            } => {
+                if let Some((_, digests)) = self.splits.get_mut(leaf_index) {
+                    if let Some(slot) = digests.get_mut(*piece as usize) {
+                        *slot = Some(*output_digest);
+                    }
+                }
+            }
+            Record::PlanAborted {
+                at_ms,
+                actor,
+                reason,
+                ..
+            } => {
+                self.aborted = Some(AbortInfo {
+                    at_ms: *at_ms,
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            Record::PlanReplayed { .. } => {
+                // A replay re-runs failed and aborted shards; the shards
+                // downstream of them never ran, so they are pending already.
+                self.replays += 1;
+                self.aborted = None;
+                self.finished = None;
+                for leaf in 0..self.shard_count() {
+                    if matches!(
+                        self.shards[leaf as usize].state,
+                        SlotState::Failed | SlotState::Aborted
+                    ) {
+                        self.set_state(leaf, SlotState::Pending, false);
+                    }
+                }
+                self.errors.clear();
+            }
+            Record::PlanFinished {
+                at_ms,
+                tree_size,
+                root,
+                done_count,
+                failed_count,
+                ..
+            } => {
+                self.finished = Some(Finish {
+                    at_ms: *at_ms,
+                    tree_size: *tree_size,
+                    root: *root,
+                    done_count: *done_count,
+                    failed_count: *failed_count,
+                });
+            }
+            Record::PlanAccepted { .. } | Record::Event { .. } => {}
+        }
+    }
+}
+
+pub fn plan_id_of(record: &Record) -> Option<&PlanId> {
+    match record {
+        Record::PlanAccepted { plan_id, .. }
+        | Record::ShardDone { plan_id, .. }
+        | Record::ShardFailed { plan_id, .. }
+        | Record::ShardSplit { plan_id, .. }
+        | Record::SubShardDone { plan_id, .. }
+        | Record::PlanAborted { plan_id, .. }
+        | Record::PlanReplayed { plan_id, .. }
+        | Record::PlanFinished { plan_id, .. } => Some(plan_id),
+        Record::Event { .. } => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("plan {plan_id}: manifest in the log is unreadable: {message}")]
+    Manifest { plan_id: String, message: String },
+    #[error("the checkpoint log writer stopped: {0}")]
+    WriterStopped(String),
+}
+
+/// One plan's entry: its record, and a condition variable signalled after
+/// every durable batch that touched it.
+pub struct PlanEntry {
+    pub record: Mutex<PlanRecord>,
+    pub changed: Condvar,
+}
+
+#[derive(Default)]
+struct Index {
+    plans: HashMap<PlanId, Arc<PlanEntry>>,
+    /// Plans in acceptance order.
+    order: Vec<PlanId>,
+    /// Durable events, oldest first (plan-level and audit: few).
+    events: Vec<Event>,
+}
+
+impl Index {
+    fn apply(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut touched: Vec<Arc<PlanEntry>> = Vec::new();
+        let mut position = 0;
+        while position < records.len() {
+            let record = &records[position];
+            match record {
+                Record::PlanAccepted {
+                    plan_id,
+                    accepted_at_ms,
+                    shard_count,
+                    manifest_json,
+                } => {
+                    let manifest = Manifest::from_json(manifest_json).map_err(|message| {
+                        StoreError::Manifest {
+                            plan_id: plan_id_text(plan_id),
+                            message,
+                        }
+                    })?;
+                    let entry = Arc::new(PlanEntry {
+                        record: Mutex::new(PlanRecord::new(
+                            *plan_id,
+                            manifest,
+                            *accepted_at_ms,
+                            *shard_count,
+                        )),
+                        changed: Condvar::new(),
+                    });
+                    if self.plans.insert(*plan_id, entry.clone()).is_none() {
+                        self.order.push(*plan_id);
+                    }
+                    touched.push(entry);
+                    position += 1;
+                }
+                Record::Event {
+                    seq,
+                    at_ms,
+                    topic,
+                    payload_json,
+                } => {
+                    position += 1;
+                    // Topics this build does not know are kept in the log
+                    // but not shown.
+                    let Some(topic) = crate::events::topic(topic) else {
+                        continue;
+                    };
+                    let data: serde_json::Value =
+                        serde_json::from_str(payload_json).unwrap_or(serde_json::Value::Null);
+                    if topic == crate::events::AGGREGATE_CERTIFY {
+                        self.note_certification(&data);
+                    }
+                    if topic == crate::events::PLAN && data["status"] == "rehydrated" {
+                        self.note_rehydration(&data);
+                    }
+                    self.events.push(Event {
+                        seq: *seq,
+                        at_ms: *at_ms,
+                        topic,
+                        data: crate::events::EventData::Json(data),
+                    });
+                }
+                other => {
+                    let plan_id = *plan_id_of(other).expect("every other record names a plan");
+                    // The run of consecutive records of this plan, applied
+                    // under one lock.
+                    let run_end = records[position..]
+                        .iter()
+                        .position(|r| {
+                            matches!(r, Record::PlanAccepted { .. } | Record::Event { .. })
+                                || plan_id_of(r) != Some(&plan_id)
+                        })
+                        .map_or(records.len(), |offset| position + offset);
+                    // A plan whose acceptance was lost to salvage has
+                    // nothing to attach its records to.
+                    if let Some(entry) = self.plans.get(&plan_id) {
+                        let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                        for record in &records[position..run_end] {
+                            plan.apply(record);
+                        }
+                        plan.last_change_ms = crate::events::now_ms();
+                        drop(plan);
+                        touched.push(entry.clone());
+                    }
+                    position = run_end;
+                }
+            }
+        }
+        for entry in touched {
+            entry.changed.notify_all();
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    /// A durable `hxo.aggregate.certify` event records which root was
+    /// certified; the plan's report trusts it only while it matches the
+    /// plan's latest root.
+    fn note_certification(&mut self, data: &serde_json::Value) {
+        let plan_id = data
+            .get("plan_id")
+            .and_then(|v| v.as_str())
+            .and_then(parse_plan_id);
+        let root = data
+            .get("root")
+            .and_then(|v| v.as_str())
+            .and_then(crate::hash::from_hex);
+        let certified = data.get("truth_certified").and_then(|v| v.as_bool()) == Some(true);
+        if let (Some(plan_id), Some(root)) = (plan_id, root) {
+            if let Some(entry) = self.plans.get(&plan_id) {
+                let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                plan.certified_root = certified.then_some(root);
+            }
+        }
+    }
+}
+
+impl Index {
+    /// A resume is logged as a durable `hxo.plan` event with status
+    /// `rehydrated`; the guide's rehydration metric counts them.
+    fn note_rehydration(&mut self, data: &serde_json::Value) {
+        let plan_id = data
+            .get("plan_id")
+            .and_then(|v| v.as_str())
+            .and_then(parse_plan_id);
+        if let Some(entry) = plan_id.and_then(|id| self.plans.get(&id)) {
+            entry
+                .record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rehydrations += 1;
+        }
+    }
+}
+
+pub fn plan_id_text(plan_id: &PlanId) -> String {
+    uuid::Uuid::from_bytes(*plan_id).to_string()
+}
+
+pub fn parse_plan_id(text: &str) -> Option<PlanId> {
+    uuid::Uuid::parse_str(text).ok().map(|u| *u.as_bytes())
+}
+
+type Listener = Box<dyn Fn(&[Record]) + Send + Sync>;
+
+/// Counts records made durable, so that a caller can wait for "everything
+/// I submitted so far" (records are committed in submission order).
+#[derive(Default)]
+struct Durability {
+    durable_records: Mutex<u64>,
+    advanced: Condvar,
+}
+
+/// The checkpoint log and its index.
+pub struct Store {
+    dir: PathBuf,
+    index: Arc<RwLock<Index>>,
+    /// `None` for a read-only store. The lock also orders submissions, so
+    /// positions handed out by `submit` match commit order.
+    writer: Mutex<Option<(log::Writer, u64)>>,
+    durability: Arc<Durability>,
+    listener: Arc<RwLock<Option<Listener>>>,
+    pub recovery: RecoveryReport,
+}
+
+fn lock_read(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
+    index.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// Opens the store for writing: takes the store lock, recovers the log
+    /// and starts the log writer.
+    pub fn open(dir: &Path, salvage: bool) -> Result<Store, StoreError> {
+        let options = LogOptions {
+            salvage,
+            ..LogOptions::default()
+        };
+        let (log, recovery) = log::Log::open(dir, options)?;
+        let mut index = Index::default();
+        let mut pending = Vec::with_capacity(4096);
+        let mut failure: Option<StoreError> = None;
+        log.for_each_record(&mut |record| {
+            pending.push(record);
+            if pending.len() == 4096 && failure.is_none() {
+                if let Err(error) = index.apply(&pending) {
+                    failure = Some(error);
+                }
+                pending.clear();
+            }
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        index.apply(&pending)?;
+        let index = Arc::new(RwLock::new(index));
+        let durability = Arc::new(Durability::default());
+        let listener: Arc<RwLock<Option<Listener>>> = Arc::new(RwLock::new(None));
+        let (sink, durable, listen) = (index.clone(), durability.clone(), listener.clone());
+        let writer = log::spawn_writer(
+            log,
+            crate::limits::OUTCOME_QUEUE_BATCHES_MAX,
+            Box::new(move |records: Vec<Record>| {
+                {
+                    let mut index = sink.write().unwrap_or_else(|e| e.into_inner());
+                    // Manifests written by this process were serialised from
+                    // a Manifest: they always parse.
+                    index
+                        .apply(&records)
+                        .expect("records written by this process apply cleanly");
+                }
+                if let Some(listener) = listen.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    listener(&records);
+                }
+                let mut count = durable
+                    .durable_records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *count += records.len() as u64;
+                durable.advanced.notify_all();
+            }),
+        )?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            index,
+            writer: Mutex::new(Some((writer, 0))),
+            durability,
+            listener,
+            recovery,
+        })
+    }
+
+    /// Opens the store for reading only: no lock, no recovery writes. A
+    /// torn tail (a run in progress elsewhere) is simply where reading
+    /// stops.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let mut index = Index::default();
+        let mut pending = Vec::with_capacity(4096);
+        let mut failure: Option<StoreError> = None;
+        let recovery = log::read_only_scan(dir, &mut |record| {
+            pending.push(record);
+            if pending.len() == 4096 && failure.is_none() {
+                if let Err(error) = index.apply(&pending) {
+                    failure = Some(error);
+                }
+                pending.clear();
+            }
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        index.apply(&pending)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            index: Arc::new(RwLock::new(index)),
+            writer: Mutex::new(None),
+            durability: Arc::new(Durability::default()),
+            listener: Arc::new(RwLock::new(None)),
+            recovery,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hands records to the log writer; they are applied to the index once
+    /// durable. Returns the position to pass to [`Store::wait_durable`].
+    pub fn submit(&self, records: Vec<Record>) -> Result<u64, StoreError> {
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some((writer, submitted)) => {
+                let count = records.len() as u64;
+                writer
+                    .submit(records)
+                    .map_err(|e| StoreError::WriterStopped(e.to_string()))?;
+                *submitted += count;
+                Ok(*submitted)
+            }
+            None => Err(StoreError::WriterStopped(
+                "the store is open read-only".into(),
+            )),
+        }
+    }
+
+    /// Waits until every record up to `position` is durable.
+    pub fn wait_durable(&self, position: u64) -> Result<(), StoreError> {
+        let mut count = self
+            .durability
+            .durable_records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while *count < position {
+            if let Some(failure) = self.writer_failure() {
+                return Err(StoreError::WriterStopped(failure));
+            }
+            count = self
+                .durability
+                .advanced
+                .wait_timeout(count, std::time::Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Sets the function told about every durable batch (after the index
+    /// shows it): the engine publishes per-shard events from here.
+    pub fn set_listener(&self, listener: Listener) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn writer_failure(&self) -> Option<String> {
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().and_then(|(writer, _)| writer.failure())
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map_or(0, |(w, _)| w.queue_depth())
+    }
+
+    pub fn plan(&self, plan_id: &PlanId) -> Option<Arc<PlanEntry>> {
+        lock_read(&self.index).plans.get(plan_id).cloned()
+    }
+
+    /// A plan by full id or unique prefix of its text form.
+    pub fn find(&self, text: &str) -> Option<Arc<PlanEntry>> {
+        if let Some(id) = parse_plan_id(text) {
+            return self.plan(&id);
+        }
+        if text.len() < 4 {
+            return None;
+        }
+        let index = lock_read(&self.index);
+        let mut matches = index
+            .order
+            .iter()
+            .filter(|id| plan_id_text(id).starts_with(&text.to_ascii_lowercase()));
+        let first = matches.next()?;
+        if matches.next().is_some() {
+            return None;
+        }
+        index.plans.get(first).cloned()
+    }
+
+    /// Every plan, in acceptance order.
+    pub fn plans(&self) -> Vec<Arc<PlanEntry>> {
+        let index = lock_read(&self.index);
+        index
+            .order
+            .iter()
+            .filter_map(|id| index.plans.get(id).cloned())
+            .collect()
+    }
+
+    pub fn durable_events(&self) -> Vec<Event> {
+        lock_read(&self.index).events.clone()
+    }
+
+    pub fn last_event_seq(&self) -> u64 {
+        lock_read(&self.index)
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Output digests of every DONE shard in the store, by cas_id.
+    pub fn done_by_cas(&self) -> HashMap<Hash, Hash> {
+        let index = lock_read(&self.index);
+        let mut map = HashMap::new();
+        for entry in index.plans.values() {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in plan.shards.iter().filter(|s| s.state == SlotState::Done) {
+                map.insert(slot.cas_id, slot.output_digest);
+            }
+        }
+        map
+    }
+
+    /// Waits until `ready` holds for the plan's record, the writer fails,
+    /// or `timeout` passes; returns whether `ready` holds.
+    pub fn wait_for(
+        &self,
+        entry: &PlanEntry,
+        timeout: std::time::Duration,
+        ready: &mut dyn FnMut(&PlanRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if ready(&plan) {
+                return Ok(true);
+            }
+            drop(plan);
+            if let Some(failure) = self.writer_failure() {
+                return Err(StoreError::WriterStopped(failure));
+            }
+            plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(ready(&plan));
+            }
+            let slice = (deadline - now).min(std::time::Duration::from_millis(50));
+            plan = entry
+                .changed
+                .wait_timeout(plan, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Reads one plan's shard outcomes back from the log files on disk
+    /// (not from memory), for certification.
+    pub fn reread_plan(&self, plan_id: &PlanId) -> Result<Option<PlanRecord>, StoreError> {
+        let mut index = Index::default();
+        let mut pending = Vec::with_capacity(4096);
+        let mut failure: Option<StoreError> = None;
+        let wanted = *plan_id;
+        log::read_only_scan(&self.dir, &mut |record| {
+            if plan_id_of(&record) == Some(&wanted) {
+                pending.push(record);
+                if pending.len() == 4096 && failure.is_none() {
+                    if let Err(error) = index.apply(&pending) {
+                        failure = Some(error);
+                    }
+                    pending.clear();
+                }
+            }
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        index.apply(&pending)?;
+        Ok(index.plans.remove(plan_id).map(|entry| {
+            entry
+                .record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }))
+    }
+
+    /// Drains the writer, syncs and releases the store lock.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((writer, _)) = writer {
+            writer.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Restores durable events into a bus's ring.
+    pub fn restore_events(&self, bus: &Bus) {
+        for event in lock_read(&self.index).events.iter() {
+            bus.restore(event.clone());
+        }
+    }
+}

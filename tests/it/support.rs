@@ -1,0 +1,106 @@
+//! Helpers shared by the integration tests: a scratch state directory per
+//! test and a way to run the real `hxo` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(relative: &str) -> PathBuf {
+    repo_root().join("fixtures").join(relative)
+}
+
+/// A temporary state directory (`.hxo` equivalent) for one test.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("checkpoints")
+    }
+
+    /// `hxo ARGS` with this sandbox's store and artifacts, no inherited
+    /// `HXO_*` settings.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hxo"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("HXO_") || name == "GENESIS_MODE" {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("HXO_DB_PATH", self.db())
+            .env("HXO_ARTIFACTS_DIR", self.path().join("artifacts"))
+            .env("HXO_RETRY_BACKOFF_MS", "1")
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running hxo")
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = self.command(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().expect("running hxo")
+    }
+
+    /// Writes a plan file into the sandbox and returns its path.
+    pub fn plan(&self, name: &str, json: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, json).expect("writing plan");
+        path
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+/// Parses `--json` output.
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            stdout(output),
+            stderr(output)
+        )
+    })
+}
+
+/// Asserts the exit code, showing both streams when it differs.
+#[track_caller]
+pub fn assert_code(output: &Output, expected: i32) {
+    assert_eq!(
+        code(output),
+        expected,
+        "exit code\nstdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
