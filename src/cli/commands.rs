@@ -326,9 +326,11 @@ pub fn deploy_plan(stages: &[String], database: Option<&Path>) -> Result<PlanSpe
             "prime" => ("prime_registry", "deploy.prime"),
             "assets" => ("index_assets", "assets.index"),
             "docs" => ("index_docs", "docs.index"),
-            other => return Err(CliError::Usage(format!(
+            other => {
+                return Err(CliError::Usage(format!(
                 "--stages: unknown stage {other:?} (expected pack, migrate, prime, assets or docs)"
-            ))),
+            )))
+            }
         };
         if specs.iter().any(|s: &StageSpec| s.id == id) {
             return Err(CliError::Usage(format!("--stages: {name} is listed twice")));

@@ -31,11 +31,12 @@ pub enum CliError {
     /// Bad flags, settings or arguments (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// An invalid plan (exit 2).
+    /// An invalid plan (exit 2). The message says it all: no source, so
+    /// the cause chain does not repeat it.
     #[error("invalid plan: {0}")]
-    Plan(#[from] PlanError),
+    Plan(PlanError),
     #[error("{0}")]
-    Settings(#[from] SettingsError),
+    Settings(SettingsError),
     #[error(transparent)]
     Engine(EngineError),
     /// Verification found a mismatch (exit 5).
@@ -44,6 +45,18 @@ pub enum CliError {
     /// Anything else (exit 1).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<PlanError> for CliError {
+    fn from(error: PlanError) -> Self {
+        CliError::Plan(error)
+    }
+}
+
+impl From<SettingsError> for CliError {
+    fn from(error: SettingsError) -> Self {
+        CliError::Settings(error)
+    }
 }
 
 impl From<EngineError> for CliError {

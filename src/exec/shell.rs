@@ -232,7 +232,6 @@ mod tests {
         let input = PartitionInput::Range { start: 10, end: 12 };
         let cas = [1u8; 32];
         let ctx = ShardContext {
-            attempt: 1,
             plan_id: "plan-1",
             stage_id: "stage",
             leaf_index: 3,

@@ -177,7 +177,6 @@ mod tests {
         };
         let cas = [9u8; 32];
         let ctx = ShardContext {
-            attempt: 1,
             plan_id: "p",
             stage_id: "s",
             leaf_index: 0,

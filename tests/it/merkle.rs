@@ -10,7 +10,7 @@
 //! its `InclusionProof::as_bytes` is PATH(m, D[n]) as concatenated 32-byte
 //! hashes, leaf upward.
 
-use ct_hxo::merkle::{inclusion::InclusionProof as CtProof, CtMerkleTree, RootHash};
+use ct_merkle::{inclusion::InclusionProof as CtProof, CtMerkleTree, RootHash};
 use hxo::hash::{sha256, Hash};
 use hxo::merkle::{
     root_of_leaf_data, root_of_leaf_hashes, shard_leaf_hash, verify_inclusion, InclusionProof,
