@@ -17,7 +17,7 @@ use crate::exec::scheduler::{
 use crate::exec::{self, Executor};
 use crate::hash::{to_hex, Hash};
 use crate::log::{PlanId, Record};
-use crate::merkle::{self, MerkleTree};
+use crate::merkle;
 use crate::partition::{self, PartitionError};
 use crate::plan::{
     Manifest, ManifestStage, Plan, PlanDefaults, PlanError, PlanSpec, MANIFEST_FORMAT,
@@ -498,24 +498,35 @@ impl Engine {
     /// every shard is done.
     fn finish(&self, plan_id: &PlanId, entry: &PlanEntry) -> Result<bool, EngineError> {
         let plan_text = plan_id_text(plan_id);
-        let (leaves, all_done, done, failed) = {
+        let (all_done, done, failed, tree_size) = {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            let counts = plan.counts().clone();
+            let counts = plan.counts();
             (
-                leaf_hashes(&plan),
                 counts.done == plan.shard_count(),
                 counts.done,
                 counts.failed + counts.aborted,
+                plan.shard_count(),
             )
         };
-        let tree_size = leaves.len() as u64;
-        let root = merkle::root_of_leaf_hashes(leaves);
+        let aggregate_started = Instant::now();
+        // A complete plan's root is computed once, from the log files (that
+        // is what certification means); a partial one from memory.
+        let (root, certification) = if all_done {
+            let certification = self.certify(plan_id, tree_size)?;
+            (certification.root, Some(certification))
+        } else {
+            let leaves = leaf_hashes(&entry.record.lock().unwrap_or_else(|e| e.into_inner()));
+            (merkle::root_of_leaf_hashes(leaves), None)
+        };
+        tracing::info!(
+            aggregate_ms = aggregate_started.elapsed().as_millis() as u64,
+            "root computed"
+        );
         self.bus.publish(
             events::AGGREGATE_READY,
             json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size, "complete": all_done}),
         );
-        if all_done {
-            let certification = self.certify(plan_id, &root)?;
+        if let Some(certification) = &certification {
             self.bus.publish(
                 events::AGGREGATE_CERTIFY,
                 json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size,
@@ -541,44 +552,35 @@ impl Engine {
         Ok(all_done)
     }
 
-    /// Recomputes the root from the log files and checks a seeded sample
-    /// of inclusion proofs against `root`.
-    pub fn certify(&self, plan_id: &PlanId, root: &Hash) -> Result<Certification, EngineError> {
-        let Some(reread) = self.store.reread_plan(plan_id)? else {
-            return Ok(Certification::failed("the plan is not in the log files"));
-        };
-        if reread.counts().done != reread.shard_count() {
+    /// Recomputes the root from the log files (not from memory) and checks
+    /// a sample of inclusion proofs, drawn from a seed fixed by the plan,
+    /// against it (DESIGN section 3).
+    pub fn certify(&self, plan_id: &PlanId, tree_size: u64) -> Result<Certification, EngineError> {
+        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, tree_size)? else {
             return Ok(Certification::failed(
                 "not every shard is done in the log files",
             ));
-        }
-        let tree = MerkleTree::from_leaf_hashes(leaf_hashes(&reread));
-        if tree.root() != *root {
-            return Ok(Certification::failed(&format!(
-                "root recomputed from the log is {}, expected {}",
-                to_hex(&tree.root()),
-                to_hex(root)
-            )));
-        }
-        let size = tree.tree_size();
-        let sample = sample_indices(root, size, crate::limits::CERTIFY_SAMPLE_PROOFS);
-        for &leaf in &sample {
-            let proof = tree
-                .inclusion_proof(leaf)
-                .expect("sampled index is in range");
-            let slot = &reread.shards[leaf as usize];
-            let leaf_hash = merkle::shard_leaf_hash(&slot.cas_id, &slot.output_digest);
-            if !merkle::verify_inclusion(&leaf_hash, &proof, root) {
-                return Ok(Certification::failed(&format!(
-                    "inclusion proof for leaf {leaf} does not verify"
-                )));
+        };
+        let seed = crate::hash::sha256(plan_id);
+        let sample = sample_indices(&seed, tree_size, crate::limits::CERTIFY_SAMPLE_PROOFS);
+        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
+        let (root, proofs) = merkle::root_with_proofs(leaves, &sample);
+        for (proof, leaf_hash) in proofs.iter().zip(&sampled_leaves) {
+            if !merkle::verify_inclusion(leaf_hash, proof, &root) {
+                let mut failed = Certification::failed(&format!(
+                    "inclusion proof for leaf {} does not verify",
+                    proof.leaf_index
+                ));
+                failed.root = root;
+                return Ok(failed);
             }
         }
         Ok(Certification {
             certified: true,
+            root,
             proofs_checked: sample.len(),
             detail: format!(
-                "root recomputed from the log; {} inclusion proofs verified",
+                "root recomputed from the log files; {} inclusion proofs verified",
                 sample.len()
             ),
         })
@@ -645,8 +647,8 @@ impl Engine {
         let leaves = leaf_hashes(&plan);
         let slot = plan.shards[leaf];
         drop(plan);
-        let tree = MerkleTree::from_leaf_hashes(leaves);
-        let proof = tree.inclusion_proof(leaf as u64).expect("leaf in range");
+        let (_, mut proofs) = merkle::root_with_proofs(leaves, &[leaf as u64]);
+        let proof = proofs.pop().expect("one proof per index");
         Ok(json!({
             "cas_id": to_hex(&slot.cas_id),
             "output_digest": to_hex(&slot.output_digest),
@@ -657,58 +659,59 @@ impl Engine {
         }))
     }
 
-    /// Recomputes the root from the log and checks proofs (`hxo verify`).
+    /// Recomputes the root from the log files and checks proofs against
+    /// the recorded root (`hxo verify`).
     pub fn verify(&self, plan_id: &PlanId) -> Result<Verification, EngineError> {
         let entry = self.entry(plan_id)?;
-        let recorded = entry
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finished
-            .clone();
+        let (recorded, status) = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            (plan.finished.clone(), plan.status())
+        };
         let Some(finish) = recorded else {
             return Err(EngineError::WrongState {
                 plan_id: plan_id_text(plan_id),
-                status: entry
-                    .record
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .status()
-                    .into(),
+                status: status.into(),
                 action: "verify",
             });
         };
-        let Some(reread) = self.store.reread_plan(plan_id)? else {
-            return Err(EngineError::UnknownPlan(plan_id_text(plan_id)));
+        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, finish.tree_size)? else {
+            return Ok(Verification {
+                recorded_root: to_hex(&finish.root),
+                recomputed_root: String::new(),
+                tree_size: finish.tree_size,
+                proofs_checked: 0,
+                proofs_verified: 0,
+                ok: false,
+                detail: "not every shard is done in the log files".into(),
+            });
         };
-        let tree = MerkleTree::from_leaf_hashes(leaf_hashes(&reread));
-        let recomputed = tree.root();
-        let mut proofs_ok = 0;
         let sample = sample_indices(
-            &finish.root,
-            tree.tree_size(),
+            &crate::hash::sha256(plan_id),
+            finish.tree_size,
             crate::limits::CERTIFY_SAMPLE_PROOFS,
         );
-        for &leaf in &sample {
-            let proof = tree.inclusion_proof(leaf).expect("in range");
-            let slot = &reread.shards[leaf as usize];
-            if merkle::verify_inclusion(
-                &merkle::shard_leaf_hash(&slot.cas_id, &slot.output_digest),
-                &proof,
-                &finish.root,
-            ) {
-                proofs_ok += 1;
-            }
-        }
+        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
+        let (recomputed, proofs) = merkle::root_with_proofs(leaves, &sample);
+        // Proofs are checked against the *recorded* root: a log that no
+        // longer produces it fails them.
+        let proofs_verified = proofs
+            .iter()
+            .zip(&sampled_leaves)
+            .filter(|(proof, leaf)| merkle::verify_inclusion(leaf, proof, &finish.root))
+            .count();
+        let ok = recomputed == finish.root && proofs_verified == proofs.len();
         Ok(Verification {
             recorded_root: to_hex(&finish.root),
             recomputed_root: to_hex(&recomputed),
-            tree_size: tree.tree_size(),
-            proofs_checked: sample.len(),
-            proofs_verified: proofs_ok,
-            ok: recomputed == finish.root
-                && proofs_ok == sample.len()
-                && tree.tree_size() == finish.tree_size,
+            tree_size: finish.tree_size,
+            proofs_checked: proofs.len(),
+            proofs_verified,
+            ok,
+            detail: if ok {
+                "the log files reproduce the recorded root".into()
+            } else {
+                "the log files do not reproduce the recorded root".into()
+            },
         })
     }
 
@@ -882,6 +885,8 @@ impl Engine {
 #[derive(Clone, Debug)]
 pub struct Certification {
     pub certified: bool,
+    /// The root recomputed from the log files (zero when they lack results).
+    pub root: Hash,
     pub proofs_checked: usize,
     pub detail: String,
 }
@@ -890,6 +895,7 @@ impl Certification {
     fn failed(detail: &str) -> Certification {
         Certification {
             certified: false,
+            root: [0; 32],
             proofs_checked: 0,
             detail: detail.to_string(),
         }
@@ -904,6 +910,7 @@ pub struct Verification {
     pub proofs_checked: usize,
     pub proofs_verified: usize,
     pub ok: bool,
+    pub detail: String,
 }
 
 /// Leaf hashes of a plan's shards in leaf order. A shard without a result
@@ -974,6 +981,7 @@ pub fn compile(
             .map_err(|e| config_error(index, e.key(), e.to_string()))?;
         executors.push(executor);
     }
+    let partitioned = Instant::now();
     let dag = dag::compile(&plan, partitionings).map_err(|e| match e {
         dag::DagError::TooManyShards {
             stage_index,
@@ -996,6 +1004,11 @@ pub fn compile(
             ),
         },
     })?;
+    tracing::info!(
+        shards = dag.shard_count(),
+        dag_ms = partitioned.elapsed().as_millis() as u64,
+        "compiled"
+    );
     Ok(Compiled {
         plan,
         dag: Arc::new(dag),
@@ -1033,6 +1046,7 @@ fn publish_shard_events(bus: &Bus, records: &[Record]) {
     if !bus.is_enabled() {
         return;
     }
+    let mut events = Vec::with_capacity(records.len());
     for record in records {
         match record {
             Record::ShardDone {
@@ -1042,20 +1056,18 @@ fn publish_shard_events(bus: &Bus, records: &[Record]) {
                 output_digest,
                 attempts,
                 duration_us,
-            } => {
-                bus.publish_shard(
-                    events::SHARD_DONE,
-                    ShardEvent {
-                        plan_id: plan_id_text(plan_id),
-                        leaf_index: *leaf_index,
-                        cas_id: *cas_id,
-                        output_digest: Some(*output_digest),
-                        attempts: *attempts,
-                        duration_us: *duration_us,
-                        error: None,
-                    },
-                );
-            }
+            } => events.push((
+                events::SHARD_DONE,
+                ShardEvent {
+                    plan_id: *plan_id,
+                    leaf_index: *leaf_index,
+                    cas_id: *cas_id,
+                    output_digest: Some(*output_digest),
+                    attempts: *attempts,
+                    duration_us: *duration_us,
+                    error: None,
+                },
+            )),
             Record::ShardFailed {
                 plan_id,
                 leaf_index,
@@ -1064,23 +1076,22 @@ fn publish_shard_events(bus: &Bus, records: &[Record]) {
                 duration_us,
                 error,
                 ..
-            } => {
-                bus.publish_shard(
-                    events::SHARD_FAILED,
-                    ShardEvent {
-                        plan_id: plan_id_text(plan_id),
-                        leaf_index: *leaf_index,
-                        cas_id: *cas_id,
-                        output_digest: None,
-                        attempts: *attempts,
-                        duration_us: *duration_us,
-                        error: Some(error.clone()),
-                    },
-                );
-            }
+            } => events.push((
+                events::SHARD_FAILED,
+                ShardEvent {
+                    plan_id: *plan_id,
+                    leaf_index: *leaf_index,
+                    cas_id: *cas_id,
+                    output_digest: None,
+                    attempts: *attempts,
+                    duration_us: *duration_us,
+                    error: Some(error.as_str().into()),
+                },
+            )),
             _ => {}
         }
     }
+    bus.publish_shards(events);
 }
 
 /// The collector: turns outcomes into log records (one batch per received

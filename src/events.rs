@@ -62,25 +62,36 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventData {
     Json(Value),
-    Shard(Box<ShardEvent>),
+    Shard(ShardEvent),
 }
 
+/// A per-shard event, kept without heap allocations but for a failure's
+/// error text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardEvent {
-    pub plan_id: String,
+    pub plan_id: [u8; 16],
     pub leaf_index: u64,
     pub cas_id: crate::hash::Hash,
     pub output_digest: Option<crate::hash::Hash>,
     pub attempts: u32,
     pub duration_us: u64,
-    pub error: Option<String>,
+    pub error: Option<Box<str>>,
+}
+
+impl ShardEvent {
+    pub fn plan_id_text(&self) -> String {
+        uuid::Uuid::from_bytes(self.plan_id).to_string()
+    }
 }
 
 impl Event {
-    pub fn plan_id(&self) -> Option<&str> {
+    /// Whether the event concerns plan `plan_id` (text form).
+    pub fn is_for_plan(&self, plan_id: &str) -> bool {
         match &self.data {
-            EventData::Json(value) => value.get("plan_id").and_then(Value::as_str),
-            EventData::Shard(shard) => Some(&shard.plan_id),
+            EventData::Json(value) => value.get("plan_id").and_then(Value::as_str) == Some(plan_id),
+            EventData::Shard(shard) => {
+                uuid::Uuid::parse_str(plan_id).is_ok_and(|id| *id.as_bytes() == shard.plan_id)
+            }
         }
     }
 
@@ -90,7 +101,7 @@ impl Event {
             EventData::Json(value) => value.clone(),
             EventData::Shard(shard) => {
                 let mut value = serde_json::json!({
-                    "plan_id": shard.plan_id,
+                    "plan_id": shard.plan_id_text(),
                     "leaf_index": shard.leaf_index,
                     "cas_id": crate::hash::to_hex(&shard.cas_id),
                     "attempts": shard.attempts,
@@ -100,7 +111,7 @@ impl Event {
                     value["output_digest"] = Value::String(crate::hash::to_hex(digest));
                 }
                 if let Some(error) = &shard.error {
-                    value["error"] = Value::String(error.clone());
+                    value["error"] = Value::String(error.to_string());
                 }
                 value
             }
@@ -183,9 +194,27 @@ impl Bus {
         self.publish_data(topic, EventData::Json(data))
     }
 
-    /// Publishes a per-shard event (memory-only).
-    pub fn publish_shard(&self, topic: &'static str, shard: ShardEvent) -> u64 {
-        self.publish_data(topic, EventData::Shard(Box::new(shard)))
+    /// Publishes per-shard events (memory-only) under one lock and one
+    /// clock read: they come a batch at a time from the log writer.
+    pub fn publish_shards(&self, events: Vec<(&'static str, ShardEvent)>) {
+        if !self.enabled || self.closed.load(Ordering::Relaxed) || events.is_empty() {
+            return;
+        }
+        let at_ms = now_ms();
+        let first = self
+            .next_seq
+            .fetch_add(events.len() as u64, Ordering::SeqCst);
+        let events: Vec<Event> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (topic, shard))| Event {
+                seq: first + i as u64,
+                at_ms,
+                topic,
+                data: EventData::Shard(shard),
+            })
+            .collect();
+        self.deliver_all(events);
     }
 
     fn publish_data(&self, topic: &'static str, data: EventData) -> u64 {
@@ -213,30 +242,40 @@ impl Bus {
 
     fn deliver(&self, event: Event) -> u64 {
         let seq = event.seq;
+        self.deliver_all(vec![event]);
+        seq
+    }
+
+    fn deliver_all(&self, events: Vec<Event>) {
         if self.has_subscribers() {
             let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-            subscribers.retain(|s| {
-                if s.topic.as_deref().is_some_and(|t| t != event.topic) {
-                    return true;
-                }
-                match s.sender.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
-                        self.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
-                        false
+            for event in &events {
+                subscribers.retain(|s| {
+                    if s.topic.as_deref().is_some_and(|t| t != event.topic) {
+                        return true;
                     }
-                    Err(TrySendError::Disconnected(_)) => false,
-                }
-            });
+                    match s.sender.try_send(event.clone()) {
+                        Ok(()) => true,
+                        Err(TrySendError::Full(_)) => {
+                            self.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        Err(TrySendError::Disconnected(_)) => false,
+                    }
+                });
+            }
             self.subscriber_count
                 .store(subscribers.len(), Ordering::Relaxed);
         }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() == EVENT_RING_MAX {
-            ring.pop_front();
+        // Only the newest EVENT_RING_MAX of a large batch can stay.
+        let skip = events.len().saturating_sub(EVENT_RING_MAX);
+        for event in events.into_iter().skip(skip) {
+            if ring.len() == EVENT_RING_MAX {
+                ring.pop_front();
+            }
+            ring.push_back(event);
         }
-        ring.push_back(event);
-        seq
     }
 
     /// Adds an event recovered from the log to the ring without re-logging.
@@ -275,7 +314,7 @@ impl Bus {
         ring.iter()
             .filter(|e| e.seq > since)
             .filter(|e| topic.is_none_or(|t| e.topic == t))
-            .filter(|e| plan_id.is_none_or(|p| e.plan_id() == Some(p)))
+            .filter(|e| plan_id.is_none_or(|p| e.is_for_plan(p)))
             .take(limit)
             .cloned()
             .collect()

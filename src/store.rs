@@ -762,35 +762,65 @@ impl Store {
         }
     }
 
-    /// Reads one plan's shard outcomes back from the log files on disk
-    /// (not from memory), for certification.
-    pub fn reread_plan(&self, plan_id: &PlanId) -> Result<Option<PlanRecord>, StoreError> {
-        let mut index = Index::default();
-        let mut pending = Vec::with_capacity(4096);
-        let mut failure: Option<StoreError> = None;
+    /// The leaf hashes of a plan, read back from the log files on disk (not
+    /// from memory), for certification and `hxo verify`. `None` unless every
+    /// shard's latest outcome in the files is DONE.
+    ///
+    /// Leaf data is gathered in bounded chunks that are hashed in parallel
+    /// and scattered into place, so memory stays at one hash per shard.
+    pub fn reread_leaf_hashes(
+        &self,
+        plan_id: &PlanId,
+        shard_count: u64,
+    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 65_536;
+        fn hash_chunk(chunk: &mut Vec<(u64, [u8; 64])>, leaves: &mut [Hash]) {
+            let hashed: Vec<(u64, Hash)> = chunk
+                .par_iter()
+                .map(|(leaf, data)| (*leaf, crate::merkle::leaf_hash(data)))
+                .collect();
+            for (leaf, hash) in hashed {
+                leaves[leaf as usize] = hash;
+            }
+            chunk.clear();
+        }
+        let count = shard_count as usize;
+        let mut leaves = vec![[0u8; 32]; count];
+        let mut done = vec![false; count];
+        let mut chunk: Vec<(u64, [u8; 64])> = Vec::with_capacity(CHUNK);
         let wanted = *plan_id;
-        log::read_only_scan(&self.dir, &mut |record| {
-            if plan_id_of(&record) == Some(&wanted) {
-                pending.push(record);
-                if pending.len() == 4096 && failure.is_none() {
-                    if let Err(error) = index.apply(&pending) {
-                        failure = Some(error);
-                    }
-                    pending.clear();
+        log::read_only_scan(&self.dir, &mut |record| match record {
+            Record::ShardDone {
+                plan_id,
+                leaf_index,
+                cas_id,
+                output_digest,
+                ..
+            } if plan_id == wanted && leaf_index < shard_count => {
+                let mut data = [0u8; 64];
+                data[..32].copy_from_slice(&cas_id);
+                data[32..].copy_from_slice(&output_digest);
+                chunk.push((leaf_index, data));
+                done[leaf_index as usize] = true;
+                if chunk.len() == CHUNK {
+                    hash_chunk(&mut chunk, &mut leaves);
                 }
             }
+            Record::ShardFailed {
+                plan_id,
+                leaf_index,
+                ..
+            } if plan_id == wanted && leaf_index < shard_count => {
+                done[leaf_index as usize] = false;
+            }
+            _ => {}
         })?;
-        if let Some(error) = failure {
-            return Err(error);
+        hash_chunk(&mut chunk, &mut leaves);
+        if done.iter().any(|d| !d) {
+            return Ok(None);
         }
-        index.apply(&pending)?;
-        Ok(index.plans.remove(plan_id).map(|entry| {
-            entry
-                .record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        }))
+        Ok(Some(leaves))
     }
 
     /// Drains the writer, syncs and releases the store lock.

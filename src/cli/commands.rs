@@ -538,10 +538,7 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
         if topic.is_some_and(|t| event.topic != t) {
             continue;
         }
-        if plan_text
-            .as_deref()
-            .is_some_and(|p| event.plan_id() != Some(p))
-        {
+        if plan_text.as_deref().is_some_and(|p| !event.is_for_plan(p)) {
             continue;
         }
         if global.json {

@@ -13,9 +13,10 @@
 //! the files it reads) and the sorted digests of what it depends on. A
 //! shard-level dependency (pipelined stages, chained depths) contributes the
 //! upstream shard's cas_id. A barrier dependency on a whole stage
-//! contributes that stage's digest, the SHA-256 of its sorted cas_ids: the
-//! same information as listing every upstream cas_id, in O(N + M) instead
-//! of O(N * M). Paths are encoded relative to the partition root, so the
+//! contributes that stage's digest, the SHA-256 of its cas_ids in leaf
+//! order (an order fixed by the plan, so no sort is needed): the same
+//! information as listing every upstream cas_id, in O(N + M) instead of
+//! O(N * M). It is computed only for stages that something joins by barrier. Paths are encoded relative to the partition root, so the
 //! same inputs at another location give the same cas_ids.
 //!
 //! **Joins.** A stage waits for all shards of a stage it depends on (a
@@ -90,7 +91,8 @@ pub struct DagStage {
     pub collapsed_count: u64,
     /// The stage's partitions, one per shard, in leaf order.
     pub partitions: Vec<Partition>,
-    /// SHA-256 over the stage's sorted cas_ids.
+    /// SHA-256 over the stage's cas_ids in leaf order; all zero for a stage
+    /// nothing joins by barrier (it is never needed then).
     pub digest: Hash,
 }
 
@@ -113,7 +115,7 @@ pub struct Dag {
     dependents: Vec<u32>,
     /// Shard-level dependencies of each shard (barriers not counted).
     dependency_count: Vec<u32>,
-    /// RFC 6962 root over the cas_ids in leaf order: identifies the DAG.
+    /// SHA-256 over every cas_id in leaf order: identifies the DAG.
     pub dag_digest: Hash,
 }
 
@@ -233,7 +235,8 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
         stage_parts.push(Some(partitioning.partitions));
     }
     let mut joins: Vec<Vec<(StageIndex, Join)>> = vec![Vec::new(); stage_count];
-    let mut digests: Vec<Hash> = vec![[0; 32]; stage_count];
+    // Computed on first use by a barrier-joined downstream stage.
+    let mut digests: Vec<Option<Hash>> = vec![None; stage_count];
     let mut collapsed = vec![0u64; stage_count];
     let mut partitions_out: Vec<Vec<Partition>> = vec![Vec::new(); stage_count];
     for &stage_index in &topo_order {
@@ -260,11 +263,12 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
         }
         let prefix = stage_prefix(plan, stage_index);
         let barrier_digests: Vec<Hash> = {
-            let mut d: Vec<Hash> = upstream
-                .iter()
-                .filter(|(_, j)| *j == Join::Barrier)
-                .map(|(up, _)| digests[*up])
-                .collect();
+            let mut d: Vec<Hash> = Vec::new();
+            for (up, join) in &upstream {
+                if *join == Join::Barrier {
+                    d.push(*digests[*up].get_or_insert_with(|| stage_digest(&stage_cas[*up])));
+                }
+            }
             d.sort_unstable();
             d
         };
@@ -322,7 +326,6 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
                 });
             }
         }
-        digests[stage_index] = stage_digest(&cas);
         joins[stage_index] = upstream;
         stage_cas[stage_index] = cas;
         partitions_out[stage_index] = parts;
@@ -340,7 +343,7 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
             chained: chained[index],
             collapsed_count: collapsed[index],
             partitions: std::mem::take(&mut partitions_out[index]),
-            digest: digests[index],
+            digest: digests[index].unwrap_or([0; 32]),
         });
         first_leaf += count;
     }
@@ -475,14 +478,10 @@ fn cas_id(prefix: &Sha256, input: &PartitionInput, deps: &[Hash]) -> Hash {
 }
 
 fn stage_digest(cas: &[Hash]) -> Hash {
-    let mut sorted = cas.to_vec();
-    sorted.par_sort_unstable();
     let mut hasher = Sha256::new();
     hasher.update(b"hxo.stage.v1\0");
-    hasher.update((sorted.len() as u64).to_le_bytes());
-    for c in &sorted {
-        hasher.update(c);
-    }
+    hasher.update((cas.len() as u64).to_le_bytes());
+    hasher.update(cas.as_flattened());
     hasher.finalize().into()
 }
 

@@ -203,6 +203,30 @@ struct Shared {
     wake: (Mutex<()>, Condvar),
 }
 
+/// Shards that became terminal, per stage, not yet applied to the shared
+/// counters. Few stages are touched per job, so a small vector will do.
+#[derive(Default)]
+struct Tally {
+    per_stage: Vec<(usize, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, stage: usize) {
+        match self.per_stage.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, count)) => *count += 1,
+            None => self.per_stage.push((stage, 1)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.per_stage.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<(usize, u64)> {
+        std::mem::take(&mut self.per_stage)
+    }
+}
+
 /// Outcomes on their way to the collector, sent in bounded batches.
 struct Batch<'a> {
     outcomes: Vec<Outcome>,
@@ -357,7 +381,9 @@ pub fn run(
             }
         }
         let mut ready = Vec::new();
-        shared.settle(&mut stack, &mut batch, &mut ready);
+        let mut tally = Tally::default();
+        shared.settle(&mut stack, &mut batch, &mut ready, &mut tally);
+        shared.flush(&mut stack, &mut batch, &mut ready, &mut tally);
         assert!(ready.is_empty(), "blocking readies nothing");
     }
 
@@ -464,10 +490,18 @@ impl Shared {
         }
     }
 
-    /// Propagates terminal shards: readies dependents of successes, blocks
-    /// dependents of failures, and opens or blocks barrier stages when a
-    /// stage finishes. `stack` holds (leaf, succeeded) pairs.
-    fn settle(&self, stack: &mut Vec<(u32, bool)>, batch: &mut Batch<'_>, ready: &mut Vec<u32>) {
+    /// Propagates terminal shards: readies dependents of successes and
+    /// blocks dependents of failures. `stack` holds (leaf, succeeded) pairs.
+    /// Stage and run counters are only tallied here (they are shared by
+    /// every thread: one atomic per shard would bounce their cache lines);
+    /// [`Shared::flush`] applies them.
+    fn settle(
+        &self,
+        stack: &mut Vec<(u32, bool)>,
+        batch: &mut Batch<'_>,
+        ready: &mut Vec<u32>,
+        tally: &mut Tally,
+    ) {
         let dag = self.dag();
         while let Some((leaf, ok)) = stack.pop() {
             let stage = dag.stage_of(LeafIndex(leaf));
@@ -489,25 +523,48 @@ impl Shared {
                     self.block(dependent, batch, stack);
                 }
             }
-            self.terminal_left.fetch_sub(1, Ordering::SeqCst);
-            if self.stage_left[stage].fetch_sub(1, Ordering::SeqCst) == 1 {
-                let failed = self.stage_failed[stage].load(Ordering::SeqCst);
-                for &down in dag.barrier_dependents(stage) {
-                    if failed {
-                        for next in dag.stages[down].leaves() {
-                            self.block(next, batch, stack);
-                        }
-                    } else if self.barriers_left[down].fetch_sub(1, Ordering::SeqCst) == 1 {
-                        for next in dag.stages[down].leaves() {
-                            if self.deps_left[next as usize].load(Ordering::SeqCst) == 0
-                                && self.claim(next)
-                            {
-                                ready.push(next);
+            tally.add(stage);
+        }
+    }
+
+    /// Applies tallied counts; a stage whose last shard this was opens or
+    /// blocks the stages that join it by barrier, which may settle more.
+    fn flush(
+        &self,
+        stack: &mut Vec<(u32, bool)>,
+        batch: &mut Batch<'_>,
+        ready: &mut Vec<u32>,
+        tally: &mut Tally,
+    ) {
+        let dag = self.dag();
+        while !tally.is_empty() {
+            for (stage, count) in tally.take() {
+                // Failures were marked before this decrement (SeqCst), so the
+                // thread that finishes the stage sees them.
+                let finished = self.stage_left[stage].fetch_sub(count, Ordering::SeqCst) == count;
+                if finished {
+                    let failed = self.stage_failed[stage].load(Ordering::SeqCst);
+                    for &down in dag.barrier_dependents(stage) {
+                        if failed {
+                            for next in dag.stages[down].leaves() {
+                                self.block(next, batch, stack);
+                            }
+                        } else if self.barriers_left[down].fetch_sub(1, Ordering::SeqCst) == 1 {
+                            for next in dag.stages[down].leaves() {
+                                if self.deps_left[next as usize].load(Ordering::SeqCst) == 0
+                                    && self.claim(next)
+                                {
+                                    ready.push(next);
+                                }
                             }
                         }
                     }
                 }
+                // Counted last: the run cannot look finished while a stage's
+                // completion is still being propagated.
+                self.terminal_left.fetch_sub(count, Ordering::SeqCst);
             }
+            self.settle(stack, batch, ready, tally);
         }
     }
 
@@ -582,57 +639,74 @@ impl Shared {
         leaves.reverse();
         let mut stack = Vec::new();
         let mut ready = Vec::new();
-        while let Some(leaf) = leaves.pop() {
-            let outcome = if self.control.is_stopped() {
-                Outcome {
-                    leaf,
-                    kind: self.stop_outcome(),
-                    attempts: 0,
-                    duration_us: 0,
-                }
-            } else {
-                slot.started.fetch_add(1, Ordering::Relaxed);
-                let outcome = self.execute(leaf);
-                slot.finished.fetch_add(1, Ordering::Relaxed);
-                outcome
-            };
-            let ok = matches!(outcome.kind, OutcomeKind::Done(_));
-            let stopped = matches!(outcome.kind, OutcomeKind::Abandoned)
-                || matches!(&outcome.kind, OutcomeKind::Failed { aborted: true, .. });
-            self.state[leaf as usize].store(
-                if ok {
-                    DONE
-                } else if stopped {
-                    STOPPED
+        let mut tally = Tally::default();
+        loop {
+            while let Some(leaf) = leaves.pop() {
+                let outcome = if self.control.is_stopped() {
+                    Outcome {
+                        leaf,
+                        kind: self.stop_outcome(),
+                        attempts: 0,
+                        duration_us: 0,
+                    }
                 } else {
-                    FAILED
-                },
-                Ordering::SeqCst,
-            );
-            batch.push(outcome);
-            if stopped {
-                // A stopped run settles nothing: the sweep accounts for the rest.
-                self.terminal_left.fetch_sub(1, Ordering::SeqCst);
-                continue;
+                    slot.started.fetch_add(1, Ordering::Relaxed);
+                    let outcome = self.execute(leaf);
+                    slot.finished.fetch_add(1, Ordering::Relaxed);
+                    outcome
+                };
+                let ok = matches!(outcome.kind, OutcomeKind::Done(_));
+                let stopped = matches!(outcome.kind, OutcomeKind::Abandoned)
+                    || matches!(&outcome.kind, OutcomeKind::Failed { aborted: true, .. });
+                self.state[leaf as usize].store(
+                    if ok {
+                        DONE
+                    } else if stopped {
+                        STOPPED
+                    } else {
+                        FAILED
+                    },
+                    Ordering::SeqCst,
+                );
+                batch.push(outcome);
+                if stopped {
+                    // A stopped run settles nothing: the sweep accounts for
+                    // the rest.
+                    self.terminal_left.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                stack.push((leaf, ok));
+                self.settle(&mut stack, &mut batch, &mut ready, &mut tally);
+                self.route(&mut ready, &mut leaves, blocking);
             }
-            stack.push((leaf, ok));
-            self.settle(&mut stack, &mut batch, &mut ready);
-            if ready.is_empty() {
-                continue;
+            // Stage counters are applied once per job; finishing a stage may
+            // ready a whole downstream stage.
+            self.flush(&mut stack, &mut batch, &mut ready, &mut tally);
+            self.route(&mut ready, &mut leaves, blocking);
+            if leaves.is_empty() {
+                break;
             }
-            // Keep one same-lane successor here (a pipeline stays on one
-            // thread, warm in cache) and hand the rest to the pools.
-            let keep = ready
-                .iter()
-                .position(|&l| self.blocking_stage[self.dag().stage_of(LeafIndex(l))] == blocking);
-            if let Some(position) = keep {
-                let next = ready.swap_remove(position);
-                slot.claimed.fetch_add(1, Ordering::Relaxed);
-                leaves.push(next);
-            }
-            let rest = std::mem::take(&mut ready);
-            self.dispatch(rest, self.slot_index(blocking));
         }
+    }
+
+    /// Keeps one same-lane successor in this job (a pipeline stays on one
+    /// thread, warm in cache) and hands the rest to the pools.
+    fn route(self: &Arc<Self>, ready: &mut Vec<u32>, leaves: &mut Vec<u32>, blocking: bool) {
+        if ready.is_empty() {
+            return;
+        }
+        let keep = ready
+            .iter()
+            .position(|&l| self.blocking_stage[self.dag().stage_of(LeafIndex(l))] == blocking);
+        if let Some(position) = keep {
+            let next = ready.swap_remove(position);
+            self.slots[self.slot_index(blocking)]
+                .claimed
+                .fetch_add(1, Ordering::Relaxed);
+            leaves.push(next);
+        }
+        let rest = std::mem::take(ready);
+        self.dispatch(rest, self.slot_index(blocking));
     }
 
     fn execute(&self, leaf: u32) -> Outcome {
@@ -641,12 +715,19 @@ impl Shared {
         let executor = &self.input.executors[stage];
         let partition = dag.partition(LeafIndex(leaf));
         let started = Instant::now();
+        let timeout = Duration::from_millis(self.options.shard_timeout_ms);
         let mut last_error = String::new();
         let mut attempts = 0;
         for attempt in 1..=self.options.max_attempts {
             attempts = attempt;
-            let deadline = Instant::now() + Duration::from_millis(self.options.shard_timeout_ms);
-            let cancel = CancelToken::for_run(&self.control.cancel, Some(deadline));
+            // One clock read per attempt: the first attempt's deadline is
+            // measured from the shard's start.
+            let attempt_start = if attempt == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            let cancel = CancelToken::for_run(&self.control.cancel, Some(attempt_start + timeout));
             let ctx = ShardContext {
                 plan_id: &self.input.plan_id,
                 stage_id: &self.input.stage_ids[stage],

@@ -156,6 +156,48 @@ pub fn root_of_leaf_hashes(mut leaf_hashes: Vec<Hash>) -> Hash {
     leaf_hashes[0]
 }
 
+/// The root over `leaf_hashes` and the inclusion proofs of `leaf_indices`,
+/// computed in one pass over a single buffer: each level's siblings of the
+/// tracked paths are copied out before the level is hashed in place. Same
+/// hashing as [`root_of_leaf_hashes`], no stored levels, so certifying a
+/// million-leaf tree costs no more memory than its leaves.
+///
+/// Panics if an index is not below the leaf count (a caller bug).
+pub fn root_with_proofs(mut level: Vec<Hash>, leaf_indices: &[u64]) -> (Hash, Vec<InclusionProof>) {
+    let tree_size = level.len() as u64;
+    let mut proofs: Vec<InclusionProof> = leaf_indices
+        .iter()
+        .map(|&leaf_index| {
+            assert!(
+                leaf_index < tree_size,
+                "leaf {leaf_index} of a tree of {tree_size}"
+            );
+            InclusionProof {
+                leaf_index,
+                tree_size,
+                audit_path: Vec::new(),
+            }
+        })
+        .collect();
+    if level.is_empty() {
+        return (EMPTY_ROOT, proofs);
+    }
+    let mut positions: Vec<usize> = leaf_indices.iter().map(|&i| i as usize).collect();
+    while level.len() > 1 {
+        for (proof, position) in proofs.iter_mut().zip(positions.iter_mut()) {
+            // A lone last node has no sibling: it is promoted unchanged and
+            // contributes nothing to the path (see the module docs).
+            let sibling = *position ^ 1;
+            if sibling < level.len() {
+                proof.audit_path.push(level[sibling]);
+            }
+            *position /= 2;
+        }
+        hash_level_in_place(&mut level);
+    }
+    (level[0], proofs)
+}
+
 /// Replaces `level` (at least 2 nodes) by its parent level.
 fn hash_level_in_place(level: &mut Vec<Hash>) {
     let node_count = level.len();
@@ -1104,5 +1146,27 @@ mod tests {
         assert_eq!(combine_ranges(0, &[]), Some(EMPTY_ROOT));
         assert_eq!(combine_ranges(0, &[(0..0, EMPTY_ROOT)]), Some(EMPTY_ROOT));
         assert_eq!(combine_ranges(1, &[(0..1, h)]), Some(h));
+    }
+
+    #[test]
+    fn root_with_proofs_matches_the_stored_tree() {
+        for size in [1usize, 2, 3, 5, 8, 13, 100, 4097, 9000] {
+            let leaves: Vec<Hash> = (0..size as u64)
+                .map(|i| leaf_hash(&i.to_le_bytes()))
+                .collect();
+            let tree = MerkleTree::from_leaf_hashes(leaves.clone());
+            let indices: Vec<u64> = [0, size as u64 / 2, size as u64 - 1].to_vec();
+            let (root, proofs) = root_with_proofs(leaves.clone(), &indices);
+            assert_eq!(root, tree.root(), "size {size}");
+            for (proof, &index) in proofs.iter().zip(&indices) {
+                assert_eq!(
+                    Some(proof.clone()),
+                    tree.inclusion_proof(index),
+                    "size {size} leaf {index}"
+                );
+                assert!(verify_inclusion(&leaves[index as usize], proof, &root));
+            }
+        }
+        assert_eq!(root_with_proofs(Vec::new(), &[]).0, EMPTY_ROOT);
     }
 }
