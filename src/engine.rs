@@ -354,8 +354,11 @@ impl Engine {
                 }
             }
         }
+        // Reused results are recorded under this plan too, so that the plan
+        // reads back complete from the log alone.
+        let mut reused_position = 0;
         for chunk in reused.chunks(crate::limits::COMMIT_RECORDS_MAX) {
-            self.store.submit(chunk.to_vec())?;
+            reused_position = self.store.submit(chunk.to_vec())?;
         }
         drop(reused);
         self.bus.publish(
@@ -439,7 +442,7 @@ impl Engine {
         let position = collector
             .join()
             .expect("the collector thread does not panic")?;
-        self.store.wait_durable(position)?;
+        self.store.wait_durable(position.max(reused_position))?;
         if let Some(progress) = progress {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let counts = plan.counts();
