@@ -332,7 +332,15 @@ impl Engine {
             }
         }
         let mut reused: Vec<Record> = Vec::new();
-        if need_reuse {
+        // A dry run proves nothing about a real one: it neither reuses
+        // results nor lends its own (see `Store::done_by_cas`).
+        let dry_run = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .manifest
+            .dry_run;
+        if need_reuse && !dry_run {
             let done = self.store.done_by_cas();
             if !done.is_empty() {
                 for (leaf, state) in initial.iter_mut().enumerate() {

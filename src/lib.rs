@@ -1,6 +1,7 @@
 //! HXO (Hypshard-X Orchestrator): a data-parallel batch engine.
 pub mod cli;
 pub mod dag;
+pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod exec;

@@ -723,6 +723,9 @@ impl Store {
         let mut map = HashMap::new();
         for entry in index.plans.values() {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            if plan.manifest.dry_run {
+                continue;
+            }
             for slot in plan.shards.iter().filter(|s| s.state == SlotState::Done) {
                 map.insert(slot.cas_id, slot.output_digest);
             }

@@ -17,10 +17,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The plan `hxo run` runs when given none: the three-stage synthetic DAG
-/// of the fixtures, embedded so it works from any directory.
-pub const DEFAULT_PLAN: &str = include_str!("../../fixtures/plans/valid/pipeline.json");
-
 fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
     Ok(Settings::from_env(Overrides {
         db_path: global.db.clone(),
@@ -94,13 +90,17 @@ fn open_read_only(global: &GlobalArgs) -> Result<Arc<Engine>, CliError> {
 pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let global = &cli.global;
     match cli.command {
-        Command::Run { plan, dry_run } => {
-            let (spec, base_dir) = match plan {
-                Some(path) => read_plan(&path)?,
-                None => (PlanSpec::from_json(DEFAULT_PLAN)?, PathBuf::from(".")),
-            };
+        Command::Run {
+            plan: Some(path),
+            dry_run,
+        } => {
+            let (spec, base_dir) = read_plan(&path)?;
             run_new(global, spec, &base_dir, dry_run)
         }
+        Command::Run {
+            plan: None,
+            dry_run,
+        } => run_demo(global, dry_run),
         Command::Plan(PlanCommand::Validate { plan }) => validate(global, &plan),
         Command::Plan(PlanCommand::Explain { plan }) => explain(global, &plan),
         Command::Deploy {
@@ -200,6 +200,38 @@ fn run_new(
     let summary = summary?;
     print_summary(global, &summary)?;
     Ok(exit_code(&summary.end))
+}
+
+/// `hxo run` with no plan file: the guide's `deploy_full_stack` against the
+/// embedded fixture project, written into the state directory. The
+/// migration kind requires a dry run, so one comes first (unless the user
+/// asked for the dry run alone).
+fn run_demo(global: &GlobalArgs, dry_run_only: bool) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    let dir = settings.state_dir().join("demo");
+    if crate::demo::prepare(&dir).context("preparing the demo project")? {
+        eprintln!(
+            "hxo: wrote the demo project and a database of {} accounts to {}",
+            crate::demo::DEMO_ROWS,
+            dir.display()
+        );
+    }
+    let spec = PlanSpec::from_json(crate::demo::DEPLOY_PLAN)?;
+    eprintln!("hxo: dry run of deploy_full_stack in {}", dir.display());
+    let code = run_new(
+        &GlobalArgs {
+            json: false,
+            ..global.clone()
+        },
+        spec.clone(),
+        &dir,
+        true,
+    )?;
+    if code != exit::SUCCESS || dry_run_only {
+        return Ok(code);
+    }
+    eprintln!("hxo: dry run passed; running deploy_full_stack for real");
+    run_new(global, spec, &dir, false)
 }
 
 fn whoami() -> String {

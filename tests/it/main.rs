@@ -2,6 +2,7 @@
 //! area, each with its own `check()`-style helpers in `support`.
 
 mod crash;
+mod deploy;
 mod merkle;
 mod plans;
 mod run;
