@@ -398,13 +398,28 @@ impl Engine {
                 .plan
                 .timebox_ms
                 .map(|ms| started + Duration::from_millis(ms)),
+            autosplit: scheduler::Autosplit {
+                p95_ms: self.settings.autosplit_p95_ms,
+                factor: self.settings.autosplit_factor,
+            },
         };
+        let splits = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            plan.splits
+                .iter()
+                .map(|(leaf, (pieces, digests))| (*leaf as u32, (*pieces, digests.clone())))
+                .collect()
+        };
+        let pressure_store = self.store.clone();
         let input = RunInput {
             dag: dag.clone(),
             executors: compiled.executors.clone(),
             stage_ids: compiled.plan.stages.iter().map(|s| s.id.clone()).collect(),
             plan_id: plan_text.clone(),
             initial,
+            schedulers: compiled.plan.stages.iter().map(|s| s.scheduler).collect(),
+            splits,
+            pressure: Arc::new(move || pressure_store.queue_depth()),
         };
         let (sender, receiver) =
             crossbeam_channel::bounded(crate::limits::OUTCOME_QUEUE_BATCHES_MAX);
@@ -1122,6 +1137,7 @@ fn collect(
     let mut stage_started: Vec<Option<Instant>> = vec![None; stage_count];
     let mut stage_outcomes = vec![0u64; stage_count];
     let mut alerted = vec![false; stage_count];
+    let mut split_signalled = vec![false; stage_count];
     let mut failure: Option<StoreError> = None;
     loop {
         let batch = match receiver.recv_timeout(Duration::from_millis(100)) {
@@ -1143,7 +1159,9 @@ fn collect(
         let mut records = Vec::with_capacity(batch.len());
         for outcome in batch {
             let stage = dag.stage_of(LeafIndex(outcome.leaf));
-            stage_outcomes[stage] += 1;
+            if outcome.kind.is_terminal() {
+                stage_outcomes[stage] += 1;
+            }
             if stage_started[stage].is_none() {
                 stage_started[stage] =
                     Some(Instant::now() - Duration::from_micros(outcome.duration_us));
@@ -1166,6 +1184,28 @@ fn collect(
                     duration_us: outcome.duration_us,
                     aborted,
                     error,
+                }),
+                OutcomeKind::Split { pieces, p95_us } => {
+                    if !split_signalled[stage] {
+                        split_signalled[stage] = true;
+                        bus.publish(
+                            events::AUTOTUNE_SIGNAL,
+                            json!({"plan_id": plan_text, "stage_id": slos[stage].0,
+                                   "p95_ms": p95_us as f64 / 1000.0, "action": "split",
+                                   "factor": pieces}),
+                        );
+                    }
+                    records.push(Record::ShardSplit {
+                        plan_id,
+                        leaf_index: outcome.leaf as u64,
+                        pieces,
+                    });
+                }
+                OutcomeKind::Piece { piece, digest } => records.push(Record::SubShardDone {
+                    plan_id,
+                    leaf_index: outcome.leaf as u64,
+                    piece,
+                    output_digest: digest,
                 }),
                 OutcomeKind::Blocked | OutcomeKind::Abandoned => {}
             }

@@ -16,10 +16,12 @@
 use super::{CancelToken, ExecError, Executor, ShardContext};
 use crate::dag::{Dag, LeafIndex};
 use crate::hash::Hash;
-use crate::limits::{OUTCOME_BATCH_MAX, READY_CHUNK_MAX};
+use crate::limits::{OUTCOME_BATCH_MAX, OUTCOME_QUEUE_BATCHES_MAX, READY_CHUNK_MAX};
+use crate::plan::SchedulerKind;
 use crossbeam_channel::Sender;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -52,6 +54,24 @@ pub enum OutcomeKind {
     Blocked,
     /// Not run or not finished: the run was interrupted (resumable).
     Abandoned,
+    /// Not terminal: the shard was split into `pieces` sub-shards because
+    /// its stage's p95 shard time (`p95_us`) ran over the threshold.
+    Split {
+        pieces: u32,
+        p95_us: u64,
+    },
+    /// Not terminal: one sub-shard of a split shard is done.
+    Piece {
+        piece: u32,
+        digest: Hash,
+    },
+}
+
+impl OutcomeKind {
+    /// Whether the outcome ends the shard (splits and pieces do not).
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, OutcomeKind::Split { .. } | OutcomeKind::Piece { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +163,7 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub artifacts_dir: PathBuf,
     pub timebox: Option<Instant>,
+    pub autosplit: Autosplit,
 }
 
 /// What the scheduler needs to know about the plan besides the DAG.
@@ -154,6 +175,21 @@ pub struct RunInput {
     pub plan_id: String,
     /// One per shard.
     pub initial: Vec<Initial>,
+    /// One per stage.
+    pub schedulers: Vec<SchedulerKind>,
+    /// Splits recorded in the log before this run: leaf -> (pieces, the
+    /// digests of pieces already done). Resume reproduces them.
+    pub splits: HashMap<u32, (u32, Vec<Option<Hash>>)>,
+    /// How deep the log writer's queue is (for `backpressure_aware`).
+    pub pressure: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// Hot-shard splitting settings (`HXO_AUTOSPLIT_P95_MS`,
+/// `HXO_AUTOSPLIT_FACTOR`).
+#[derive(Clone, Copy, Debug)]
+pub struct Autosplit {
+    pub p95_ms: u64,
+    pub factor: u32,
 }
 
 thread_local! {
@@ -201,6 +237,29 @@ struct Shared {
     io_pool: Option<rayon::ThreadPool>,
     slots: Arc<Vec<CachePadded<Slot>>>,
     wake: (Mutex<()>, Condvar),
+    /// Recent shard durations of stages that may split (bounded).
+    durations: Vec<Mutex<VecDeque<u64>>>,
+    /// Stages whose p95 ran over the threshold: their pending shards split.
+    hot: Vec<AtomicBool>,
+    /// Per stage: the p95 (µs) that made it hot.
+    hot_p95_us: Vec<AtomicU64>,
+}
+
+/// Shards remembered for p95 per splitting stage.
+const DURATION_SAMPLES_MAX: usize = 256;
+/// Shards a stage must finish before its p95 means anything.
+const DURATION_SAMPLES_MIN: usize = 3;
+
+/// A split shard in flight: its pieces run as separate jobs and the last
+/// one to finish combines their digests into the shard's.
+struct SplitState {
+    ranges: Vec<std::ops::Range<u64>>,
+    unit_count: u64,
+    digests: Mutex<Vec<Option<Hash>>>,
+    remaining: AtomicU32,
+    failure: Mutex<Option<(String, u32)>>,
+    attempts: AtomicU32,
+    started: Instant,
 }
 
 /// Shards that became terminal, per stage, not yet applied to the shared
@@ -353,6 +412,11 @@ pub fn run(
         io_pool,
         slots,
         wake: (Mutex::new(()), Condvar::new()),
+        durations: (0..stage_count)
+            .map(|_| Mutex::new(VecDeque::new()))
+            .collect(),
+        hot: (0..stage_count).map(|_| AtomicBool::new(false)).collect(),
+        hot_p95_us: (0..stage_count).map(|_| AtomicU64::new(0)).collect(),
         input,
     });
 
@@ -593,6 +657,7 @@ impl Shared {
         if cpu.is_empty() {
             return;
         }
+        let cpu = self.interleave(cpu);
         let chunk = (cpu.len() / (self.options.threads * 16)).clamp(1, READY_CHUNK_MAX);
         if cpu.len() <= chunk {
             self.spawn_job(cpu, false);
@@ -603,17 +668,51 @@ impl Shared {
         }
     }
 
+    /// `fair_round_robin`: when shards of several stages become ready
+    /// together, hand them out one stage after another rather than stage by
+    /// stage, so no stage (or executor) waits behind another's backlog.
+    fn interleave(&self, ready: Vec<u32>) -> Vec<u32> {
+        let dag = self.dag();
+        let first_stage = dag.stage_of(LeafIndex(ready[0]));
+        let mixed = ready
+            .iter()
+            .any(|&l| dag.stage_of(LeafIndex(l)) != first_stage);
+        if !mixed {
+            return ready;
+        }
+        let mut by_stage: Vec<(usize, VecDeque<u32>)> = Vec::new();
+        for leaf in ready {
+            let stage = dag.stage_of(LeafIndex(leaf));
+            match by_stage.iter_mut().find(|(s, _)| *s == stage) {
+                Some((_, queue)) => queue.push_back(leaf),
+                None => by_stage.push((stage, VecDeque::from([leaf]))),
+            }
+        }
+        if !by_stage
+            .iter()
+            .any(|(stage, _)| self.input.schedulers[*stage] == SchedulerKind::FairRoundRobin)
+        {
+            return by_stage.into_iter().flat_map(|(_, q)| q).collect();
+        }
+        let mut out = Vec::new();
+        while !by_stage.is_empty() {
+            by_stage.retain_mut(|(_, queue)| match queue.pop_front() {
+                Some(leaf) => {
+                    out.push(leaf);
+                    true
+                }
+                None => false,
+            });
+        }
+        out
+    }
+
     fn spawn_job(self: &Arc<Self>, leaves: Vec<u32>, blocking: bool) {
         self.jobs_in_flight.fetch_add(1, Ordering::SeqCst);
         let shared = self.clone();
         let job = move || {
             shared.run_job(leaves, blocking);
-            if shared.jobs_in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-                || shared.terminal_left.load(Ordering::SeqCst) == 0
-            {
-                let _guard = shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-                shared.wake.1.notify_all();
-            }
+            shared.job_done();
         };
         match (&self.io_pool, blocking) {
             (Some(pool), true) => pool.spawn(job),
@@ -630,10 +729,16 @@ impl Shared {
         }
     }
 
-    fn run_job(self: &Arc<Self>, mut leaves: Vec<u32>, blocking: bool) {
+    fn run_job(self: &Arc<Self>, leaves: Vec<u32>, blocking: bool) {
+        self.work(leaves, None, blocking);
+    }
+
+    /// Runs `leaves` (and the successors they ready on this lane), after
+    /// first completing `finished` when a split shard's last piece ends.
+    fn work(self: &Arc<Self>, mut leaves: Vec<u32>, mut finished: Option<Outcome>, blocking: bool) {
         let slot = &self.slots[self.slot_index(blocking)];
         let mut batch = Batch {
-            outcomes: Vec::with_capacity(leaves.len().min(OUTCOME_BATCH_MAX)),
+            outcomes: Vec::with_capacity(leaves.len().clamp(1, OUTCOME_BATCH_MAX)),
             sink: &self.sink,
         };
         leaves.reverse();
@@ -641,23 +746,39 @@ impl Shared {
         let mut ready = Vec::new();
         let mut tally = Tally::default();
         loop {
-            while let Some(leaf) = leaves.pop() {
-                let outcome = if self.control.is_stopped() {
-                    Outcome {
-                        leaf,
-                        kind: self.stop_outcome(),
-                        attempts: 0,
-                        duration_us: 0,
+            loop {
+                let outcome = match finished.take() {
+                    Some(outcome) => outcome,
+                    None => {
+                        let Some(leaf) = leaves.pop() else { break };
+                        if self.control.is_stopped() {
+                            Outcome {
+                                leaf,
+                                kind: self.stop_outcome(),
+                                attempts: 0,
+                                duration_us: 0,
+                            }
+                        } else {
+                            self.wait_for_log(leaf);
+                            slot.started.fetch_add(1, Ordering::Relaxed);
+                            if let Some(pieces) = self.split_pieces(leaf) {
+                                // The pieces finish the shard later, elsewhere.
+                                self.start_split(leaf, pieces, &mut batch, blocking);
+                                continue;
+                            }
+                            let outcome = self.execute(leaf);
+                            slot.finished.fetch_add(1, Ordering::Relaxed);
+                            outcome
+                        }
                     }
-                } else {
-                    slot.started.fetch_add(1, Ordering::Relaxed);
-                    let outcome = self.execute(leaf);
-                    slot.finished.fetch_add(1, Ordering::Relaxed);
-                    outcome
                 };
+                let leaf = outcome.leaf;
                 let ok = matches!(outcome.kind, OutcomeKind::Done(_));
                 let stopped = matches!(outcome.kind, OutcomeKind::Abandoned)
                     || matches!(&outcome.kind, OutcomeKind::Failed { aborted: true, .. });
+                if ok {
+                    self.note_duration(leaf, outcome.duration_us);
+                }
                 self.state[leaf as usize].store(
                     if ok {
                         DONE
@@ -689,6 +810,242 @@ impl Shared {
         }
     }
 
+    /// `backpressure_aware` stages wait while the log writer's queue is
+    /// more than half full, rather than piling up outcomes behind it.
+    fn wait_for_log(&self, leaf: u32) {
+        let stage = self.dag().stage_of(LeafIndex(leaf));
+        if self.input.schedulers[stage] != SchedulerKind::BackpressureAware {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (self.input.pressure)() > OUTCOME_QUEUE_BATCHES_MAX / 2
+            && !self.control.is_stopped()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Records a finished shard's duration for its stage's p95 and marks
+    /// the stage hot when the p95 runs over the threshold.
+    fn note_duration(&self, leaf: u32, duration_us: u64) {
+        let stage = self.dag().stage_of(LeafIndex(leaf));
+        if self.input.schedulers[stage] != SchedulerKind::HotShardSplitter
+            || self.hot[stage].load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut samples = self.durations[stage]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if samples.len() == DURATION_SAMPLES_MAX {
+            samples.pop_front();
+        }
+        samples.push_back(duration_us);
+        if samples.len() < DURATION_SAMPLES_MIN {
+            return;
+        }
+        let mut sorted: Vec<u64> = samples.iter().copied().collect();
+        let p95 = crate::report::percentile_us(&mut sorted, 95.0);
+        if p95 > self.options.autosplit.p95_ms * 1000 {
+            self.hot_p95_us[stage].store(p95, Ordering::Relaxed);
+            self.hot[stage].store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// How many pieces `leaf` runs as: a split recorded before (resume
+    /// reproduces it), or a new one when its stage is hot.
+    fn split_pieces(&self, leaf: u32) -> Option<u32> {
+        if let Some((pieces, _)) = self.input.splits.get(&leaf) {
+            return Some(*pieces);
+        }
+        let dag = self.dag();
+        let stage = dag.stage_of(LeafIndex(leaf));
+        if !self.hot[stage].load(Ordering::Relaxed) || !self.input.executors[stage].is_splittable()
+        {
+            return None;
+        }
+        let units = dag.partition(LeafIndex(leaf)).input.unit_count();
+        (units >= 2).then(|| {
+            crate::merkle::split_ranges(units, self.options.autosplit.factor as u64).len() as u32
+        })
+    }
+
+    /// Splits `leaf` into `pieces` sub-shards at the RFC 6962 tree's own
+    /// boundaries (so their digests recombine to the unsplit digest) and
+    /// hands the pieces not yet done to the pool.
+    fn start_split(
+        self: &Arc<Self>,
+        leaf: u32,
+        pieces: u32,
+        batch: &mut Batch<'_>,
+        blocking: bool,
+    ) {
+        let units = self.dag().partition(LeafIndex(leaf)).input.unit_count();
+        let ranges = crate::merkle::split_ranges(units, pieces as u64);
+        let done: Vec<Option<Hash>> = match self.input.splits.get(&leaf) {
+            Some((recorded, digests)) if *recorded as usize == ranges.len() => digests.clone(),
+            _ => {
+                let stage = self.dag().stage_of(LeafIndex(leaf));
+                batch.push(Outcome {
+                    leaf,
+                    kind: OutcomeKind::Split {
+                        pieces: ranges.len() as u32,
+                        p95_us: self.hot_p95_us[stage].load(Ordering::Relaxed),
+                    },
+                    attempts: 0,
+                    duration_us: 0,
+                });
+                vec![None; ranges.len()]
+            }
+        };
+        let missing: Vec<u32> = (0..ranges.len() as u32)
+            .filter(|&p| done[p as usize].is_none())
+            .collect();
+        let state = Arc::new(SplitState {
+            ranges,
+            unit_count: units,
+            remaining: AtomicU32::new(missing.len() as u32),
+            digests: Mutex::new(done),
+            failure: Mutex::new(None),
+            attempts: AtomicU32::new(0),
+            started: Instant::now(),
+        });
+        if missing.is_empty() {
+            // Every piece was done before a crash: just combine.
+            let outcome = self.combine(leaf, &state);
+            batch.flush();
+            self.spawn_finish(outcome, blocking);
+            return;
+        }
+        batch.flush();
+        for piece in missing {
+            let shared = self.clone();
+            let state = state.clone();
+            self.jobs_in_flight.fetch_add(1, Ordering::SeqCst);
+            let job = move || {
+                shared.run_piece(leaf, piece, &state, blocking);
+                shared.job_done();
+            };
+            match (&self.io_pool, blocking) {
+                (Some(pool), true) => pool.spawn(job),
+                _ => self.cpu_pool.spawn(job),
+            }
+        }
+    }
+
+    fn spawn_finish(self: &Arc<Self>, outcome: Outcome, blocking: bool) {
+        let shared = self.clone();
+        self.jobs_in_flight.fetch_add(1, Ordering::SeqCst);
+        let job = move || {
+            shared.work(Vec::new(), Some(outcome), blocking);
+            shared.job_done();
+        };
+        match (&self.io_pool, blocking) {
+            (Some(pool), true) => pool.spawn(job),
+            _ => self.cpu_pool.spawn(job),
+        }
+    }
+
+    fn run_piece(self: &Arc<Self>, leaf: u32, piece: u32, state: &SplitState, blocking: bool) {
+        let range = state.ranges[piece as usize].clone();
+        let result = if self.control.is_stopped() {
+            Err(("stopped".to_string(), 0))
+        } else {
+            self.execute_units(leaf, range)
+        };
+        let mut batch = Batch {
+            outcomes: Vec::new(),
+            sink: &self.sink,
+        };
+        match result {
+            Ok((digest, attempts, _)) => {
+                state.attempts.fetch_max(attempts, Ordering::Relaxed);
+                state.digests.lock().unwrap_or_else(|e| e.into_inner())[piece as usize] =
+                    Some(digest);
+                batch.push(Outcome {
+                    leaf,
+                    kind: OutcomeKind::Piece { piece, digest },
+                    attempts,
+                    duration_us: 0,
+                });
+            }
+            Err((error, attempts)) => {
+                state.attempts.fetch_max(attempts, Ordering::Relaxed);
+                let mut failure = state.failure.lock().unwrap_or_else(|e| e.into_inner());
+                failure.get_or_insert((format!("piece {piece}: {error}"), attempts));
+            }
+        }
+        batch.flush();
+        drop(batch);
+        if state.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let outcome = self.combine(leaf, state);
+            self.slots[self.slot_index(blocking)]
+                .finished
+                .fetch_add(1, Ordering::Relaxed);
+            self.work(Vec::new(), Some(outcome), blocking);
+        }
+    }
+
+    /// The shard outcome of a split shard whose pieces have all ended.
+    fn combine(&self, leaf: u32, state: &SplitState) -> Outcome {
+        let duration_us = state.started.elapsed().as_micros() as u64;
+        let attempts = state.attempts.load(Ordering::Relaxed).max(1);
+        if self.control.is_stopped() {
+            return Outcome {
+                leaf,
+                kind: self.stop_outcome(),
+                attempts,
+                duration_us,
+            };
+        }
+        if let Some((error, attempts)) = state
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Outcome {
+                leaf,
+                kind: OutcomeKind::Failed {
+                    error,
+                    aborted: false,
+                },
+                attempts,
+                duration_us,
+            };
+        }
+        let digests = state.digests.lock().unwrap_or_else(|e| e.into_inner());
+        let parts: Vec<(std::ops::Range<u64>, Hash)> = state
+            .ranges
+            .iter()
+            .cloned()
+            .zip(digests.iter().map(|d| d.expect("every piece is done")))
+            .collect();
+        let kind = match crate::merkle::combine_ranges(state.unit_count, &parts) {
+            Some(digest) => OutcomeKind::Done(digest),
+            None => OutcomeKind::Failed {
+                error: "split pieces do not recombine (a bug)".into(),
+                aborted: false,
+            },
+        };
+        Outcome {
+            leaf,
+            kind,
+            attempts,
+            duration_us,
+        }
+    }
+
+    fn job_done(&self) {
+        if self.jobs_in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            || self.terminal_left.load(Ordering::SeqCst) == 0
+        {
+            let _guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.1.notify_all();
+        }
+    }
+
     /// Keeps one same-lane successor in this job (a pipeline stays on one
     /// thread, warm in cache) and hands the rest to the pools.
     fn route(self: &Arc<Self>, ready: &mut Vec<u32>, leaves: &mut Vec<u32>, blocking: bool) {
@@ -710,6 +1067,40 @@ impl Shared {
     }
 
     fn execute(&self, leaf: u32) -> Outcome {
+        let units = self.dag().partition(LeafIndex(leaf)).input.unit_count();
+        match self.execute_units(leaf, 0..units) {
+            Ok((digest, attempts, duration_us)) => Outcome {
+                leaf,
+                kind: OutcomeKind::Done(digest),
+                attempts,
+                duration_us,
+            },
+            Err((error, attempts)) if error.is_empty() => Outcome {
+                leaf,
+                kind: self.stop_outcome(),
+                attempts,
+                duration_us: 0,
+            },
+            Err((error, attempts)) => Outcome {
+                leaf,
+                kind: OutcomeKind::Failed {
+                    error,
+                    aborted: false,
+                },
+                attempts,
+                duration_us: 0,
+            },
+        }
+    }
+
+    /// Runs `units` of `leaf` with retries and the shard timeout. Returns
+    /// (digest, attempts, duration) or (error, attempts); an empty error
+    /// means the run was stopped.
+    fn execute_units(
+        &self,
+        leaf: u32,
+        units: std::ops::Range<u64>,
+    ) -> Result<(Hash, u32, u64), (String, u32)> {
         let dag = self.dag();
         let stage = dag.stage_of(LeafIndex(leaf));
         let executor = &self.input.executors[stage];
@@ -734,7 +1125,7 @@ impl Shared {
                 leaf_index: leaf as u64,
                 cas_id: dag.cas_id(LeafIndex(leaf)),
                 input: &partition.input,
-                units: 0..partition.input.unit_count(),
+                units: units.clone(),
                 attempt,
                 artifacts_dir: &self.options.artifacts_dir,
                 cancel: &cancel,
@@ -743,23 +1134,12 @@ impl Shared {
             IN_SHARD.with(|flag| flag.set(true));
             let result = catch_unwind(AssertUnwindSafe(|| executor.execute(&ctx)));
             IN_SHARD.with(|flag| flag.set(false));
-            let elapsed_us = started.elapsed().as_micros() as u64;
             match result {
                 Ok(Ok(digest)) => {
-                    return Outcome {
-                        leaf,
-                        kind: OutcomeKind::Done(digest),
-                        attempts,
-                        duration_us: elapsed_us,
-                    }
+                    return Ok((digest, attempts, started.elapsed().as_micros() as u64))
                 }
                 Ok(Err(ExecError::Cancelled)) if self.control.is_stopped() => {
-                    return Outcome {
-                        leaf,
-                        kind: self.stop_outcome(),
-                        attempts,
-                        duration_us: elapsed_us,
-                    }
+                    return Err((String::new(), attempts));
                 }
                 Ok(Err(ExecError::TimedOut)) => {
                     last_error = format!("timed out after {} ms", self.options.shard_timeout_ms);
@@ -780,20 +1160,15 @@ impl Shared {
                     std::thread::sleep(Duration::from_millis(backoff_ms.min(10)));
                 }
                 if self.control.is_stopped() {
-                    break;
+                    return Err((String::new(), attempts));
                 }
             }
         }
         truncate_utf8(&mut last_error, crate::limits::ERROR_TEXT_BYTES_MAX);
-        Outcome {
-            leaf,
-            kind: OutcomeKind::Failed {
-                error: last_error,
-                aborted: false,
-            },
-            attempts,
-            duration_us: started.elapsed().as_micros() as u64,
+        if last_error.is_empty() {
+            last_error = "failed".into();
         }
+        Err((last_error, attempts))
     }
 }
 

@@ -237,13 +237,12 @@ fn a_hanging_command_dies_at_its_timeout() {
     assert_eq!(report["failures"][0]["attempts"], 2);
 }
 
+const FLAKY: &str = r#"{"name": "flaky", "stages": [{"id": "f", "kind": "synthetic", "config": {"shards": 10, "flaky_attempts": 2}}]}"#;
+
 #[test]
 fn flaky_shards_are_retried_until_they_succeed() {
     let sandbox = Sandbox::new();
-    let plan = sandbox.plan(
-        "flaky.json",
-        r#"{"name": "flaky", "stages": [{"id": "f", "kind": "synthetic", "config": {"shards": 10, "flaky_attempts": 2}}]}"#,
-    );
+    let plan = sandbox.plan("flaky.json", FLAKY);
     let output = sandbox.run_env(
         &["run", "--json", plan.to_str().unwrap()],
         &[("HXO_MAX_ATTEMPTS", "3")],
@@ -254,7 +253,11 @@ fn flaky_shards_are_retried_until_they_succeed() {
         lines.iter().all(|l| l["attempts"] == 3),
         "every shard took three attempts"
     );
-    let too_few = sandbox.run_env(
+    // In a fresh store (the first store would reuse the results), two
+    // attempts are not enough.
+    let fresh = Sandbox::new();
+    let plan = fresh.plan("flaky.json", FLAKY);
+    let too_few = fresh.run_env(
         &["run", "--json", plan.to_str().unwrap()],
         &[("HXO_MAX_ATTEMPTS", "2")],
     );
@@ -315,4 +318,55 @@ fn bad_settings_and_flags_are_usage_errors() {
     assert_code(&sandbox.run(&["frobnicate"]), 2);
     assert_code(&sandbox.run(&["run", "/no/such/plan.json"]), 2);
     assert_code(&sandbox.run(&["--help"]), 0);
+}
+
+#[test]
+fn hot_shards_split_and_the_root_does_not_change() {
+    const PLAN: &str = r#"{"name": "hot", "stages": [{"id": "h", "kind": "synthetic",
+        "scheduler": "hot_shard_splitter",
+        "config": {"shards": 10, "items": 80, "sleep_ms": 12, "work_iters": 5, "seed": 8}}]}"#;
+    let plain = Sandbox::new();
+    let plan = plain.plan("hot.json", PLAN);
+    // A threshold no shard reaches: nothing splits.
+    let unsplit = plain.run_env(
+        &["run", "--json", plan.to_str().unwrap()],
+        &[("HXO_AUTOSPLIT_P95_MS", "100000")],
+    );
+    assert_code(&unsplit, 0);
+    let split_sandbox = Sandbox::new();
+    let plan = split_sandbox.plan("hot.json", PLAN);
+    let split = split_sandbox.run_env(
+        &["run", "--json", plan.to_str().unwrap()],
+        &[
+            ("HXO_AUTOSPLIT_P95_MS", "20"),
+            ("HXO_AUTOSPLIT_FACTOR", "4"),
+            ("HXO_THREADS", "2"),
+        ],
+    );
+    assert_code(&split, 0);
+    assert_eq!(json(&split)["merkle_root"], json(&unsplit)["merkle_root"]);
+    assert_eq!(json(&split)["truth_certified"], true);
+    let events = split_sandbox.run(&["events", "--json", "--topic", "hxo.autotune.signal"]);
+    assert_code(&events, 0);
+    let signal: Value =
+        serde_json::from_str(stdout(&events).lines().next().expect("an autotune signal")).unwrap();
+    assert_eq!(signal["action"], "split");
+    assert_eq!(signal["stage_id"], "h");
+    assert!(signal["p95_ms"].as_f64().unwrap() > 20.0);
+    // The splits are in the log.
+    let (log, _) =
+        hxo::log::Log::open(&split_sandbox.db(), hxo::log::LogOptions::default()).unwrap();
+    let mut splits = 0;
+    let mut pieces = 0;
+    log.for_each_record(&mut |record| match record {
+        hxo::log::Record::ShardSplit { pieces: p, .. } => {
+            splits += 1;
+            assert_eq!(p, 4);
+        }
+        hxo::log::Record::SubShardDone { .. } => pieces += 1,
+        _ => {}
+    })
+    .unwrap();
+    assert!(splits > 0, "no shard split");
+    assert_eq!(pieces, splits * 4);
 }
