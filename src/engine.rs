@@ -133,7 +133,12 @@ fn partition_error(stage_index: usize, error: PartitionError) -> PlanError {
 impl Engine {
     /// Opens the engine on the store named by the settings.
     pub fn open(settings: Settings, salvage: bool) -> Result<Arc<Engine>, EngineError> {
-        let store = Arc::new(Store::open(&settings.db_path, salvage)?);
+        let options = crate::log::LogOptions {
+            salvage,
+            sync_commits: settings.sync_commits,
+            ..crate::log::LogOptions::default()
+        };
+        let store = Arc::new(Store::open(&settings.db_path, options)?);
         Ok(Engine::with_store(settings, store))
     }
 

@@ -54,6 +54,9 @@ pub struct Settings {
     pub allow_captain_view: bool,
     pub admiral_token: Option<String>,
     pub captain_token: Option<String>,
+    /// Sync the log at every group commit (default). `--no-sync` turns it
+    /// off for benchmarks and scratch runs: see `LogOptions::sync_commits`.
+    pub sync_commits: bool,
     /// Name and source of every setting, for `hxo config`.
     pub sources: Vec<(&'static str, String, Source)>,
 }
@@ -67,6 +70,7 @@ pub struct Overrides {
     pub max_concurrency: Option<String>,
     pub shard_timeout_ms: Option<String>,
     pub max_attempts: Option<String>,
+    pub no_sync: bool,
 }
 
 struct Reader<'a> {
@@ -232,6 +236,7 @@ impl Settings {
             allow_captain_view,
             admiral_token,
             captain_token,
+            sync_commits: !overrides.no_sync,
             sources: reader.sources,
         })
     }

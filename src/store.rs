@@ -520,11 +520,7 @@ fn lock_read(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
 impl Store {
     /// Opens the store for writing: takes the store lock, recovers the log
     /// and starts the log writer.
-    pub fn open(dir: &Path, salvage: bool) -> Result<Store, StoreError> {
-        let options = LogOptions {
-            salvage,
-            ..LogOptions::default()
-        };
+    pub fn open(dir: &Path, options: LogOptions) -> Result<Store, StoreError> {
         let (log, recovery) = log::Log::open(dir, options)?;
         let mut index = Index::default();
         let mut pending = Vec::with_capacity(4096);

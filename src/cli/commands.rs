@@ -25,6 +25,7 @@ fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
         max_concurrency: global.max_concurrency.clone(),
         shard_timeout_ms: global.shard_timeout_ms.clone(),
         max_attempts: global.max_attempts.clone(),
+        no_sync: global.no_sync,
     })?)
 }
 

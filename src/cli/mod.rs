@@ -119,6 +119,10 @@ pub struct GlobalArgs {
     /// Open a damaged checkpoint store anyway, dropping the damaged records
     #[arg(long, global = true)]
     pub salvage: bool,
+    /// Do not sync the log at each group commit, only at the end (a killed
+    /// process loses nothing; a power loss may lose the tail). For benchmarks
+    #[arg(long, global = true)]
+    pub no_sync: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -344,6 +344,7 @@ mod tests {
     const OPTS: LogOptions = LogOptions {
         segment_size_bytes: 4096,
         salvage: false,
+        sync_commits: true,
     };
 
     fn failed(plan: u8, leaf: u64, attempts: u32) -> Record {

@@ -125,6 +125,11 @@ pub struct LogOptions {
     /// report what was dropped, append into a new segment. Damaged bytes
     /// are never rewritten.
     pub salvage: bool,
+    /// Sync every commit (the default). Without it a commit only hands the
+    /// records to the page cache: a killed process loses nothing, a power
+    /// loss may lose the tail. The log is synced when the writer finishes.
+    /// For benchmarks and scratch runs (`hxo run --no-sync`).
+    pub sync_commits: bool,
 }
 
 impl Default for LogOptions {
@@ -132,6 +137,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
             salvage: false,
+            sync_commits: true,
         }
     }
 }
@@ -603,6 +609,17 @@ impl Log {
     /// Makes everything appended so far durable (msync). On failure the log
     /// is poisoned: never retry, reopen the store instead.
     pub fn commit(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if !self.opts.sync_commits {
+            return Ok(());
+        }
+        self.sync_all()
+    }
+
+    /// Syncs everything appended so far, whatever `sync_commits` says.
+    pub fn sync_all(&mut self) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }

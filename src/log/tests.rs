@@ -14,11 +14,13 @@ use super::{Log, LogError, LogOptions, RecoveryReport};
 pub(crate) const MODEL_OPTS: LogOptions = LogOptions {
     segment_size_bytes: 4096,
     salvage: false,
+    sync_commits: true,
 };
 
 const SALVAGE_OPTS: LogOptions = LogOptions {
     segment_size_bytes: 4096,
     salvage: true,
+    sync_commits: true,
 };
 
 /// `HXO_SLOW_TESTS=1` widens the exhaustive loops.
@@ -392,6 +394,7 @@ fn torn_tail_on_real_files_recovers_a_prefix_at_every_byte() {
     let opts = LogOptions {
         segment_size_bytes: 64 * 1024,
         salvage: false,
+        sync_commits: true,
     };
     let mut records: Vec<Record> = (0..1300).map(shard_done).collect();
     // The last few records: a failure with text, an event, a ShardDone.
@@ -896,6 +899,7 @@ fn options_are_validated() {
         let opts = LogOptions {
             segment_size_bytes: size,
             salvage: false,
+            sync_commits: true,
         };
         assert!(matches!(
             Log::open_with(Box::new(MemStorage::new()), opts),
@@ -911,6 +915,7 @@ fn segment_size_is_per_segment() {
     let large = LogOptions {
         segment_size_bytes: 16 * 1024,
         salvage: false,
+        sync_commits: true,
     };
     let (mut log, _) = Log::open(tmp.path(), small.clone()).unwrap();
     let mut all = fill(&mut log, 0, 50);

@@ -120,6 +120,15 @@ fn run(
         }
         on_durable(group);
     }
+    // Without per-commit syncs, the end of the run is the sync point.
+    if let Err(e) = log.sync_all() {
+        let e = Arc::new(e);
+        let _ = failure.set(Arc::clone(&e));
+        return WriterExit {
+            log,
+            failure: Some(e),
+        };
+    }
     WriterExit { log, failure: None }
 }
 
@@ -326,6 +335,7 @@ mod tests {
         let opts = LogOptions {
             segment_size_bytes: 4096,
             salvage: false,
+            sync_commits: true,
         };
         let (log, _) = Log::open_with(Box::new(MemStorage::new()), opts).unwrap();
         let (on_durable, seen) = collect();
