@@ -1,4 +1,35 @@
 //! HXO (Hypshard-X Orchestrator): a data-parallel batch engine.
+//!
+//! A plan names stages; each stage is partitioned into content-addressed
+//! shards; shards run on a rayon pool; every outcome is appended to a
+//! memory-mapped checkpoint log before anything reports it; the results
+//! are certified by an RFC 6962 Merkle root.
+//!
+//! # Codemap
+//!
+//! The pure core, which does no I/O:
+//! - [`plan`]: JSON wire types, validation into [`plan::Plan`], job kinds
+//!   and their blueprints, the manifest kept in the log.
+//! - [`dag`]: a plan plus partitions compiled into an arena of shards with
+//!   cas_ids, barrier and pipelined joins.
+//! - [`merkle`]: RFC 6962 tree hash, inclusion proofs, tree-aligned splits.
+//! - [`events`], [`report`], [`settings`], [`limits`], [`hash`].
+//!
+//! The edges, which do:
+//! - [`partition`]: the partitioners, reading directories and databases.
+//! - [`exec`]: executors and the scheduler (see `src/exec/README.md`).
+//! - [`log`]: the checkpoint log; its byte layout is documented in
+//!   `log/format.rs`.
+//! - [`store`]: the index of what the log says, fed only by durable batches.
+//! - [`engine`]: the one module that wires everything together.
+//! - [`demo`]: the embedded fixture project behind `hxo run`.
+//! - [`cli`], [`http`]: the front-ends.
+//!
+//! Deliberately absent: any home-made clustering (workers are indexed jobs
+//! of Kubernetes or Slurm), and claimed/running states in the log.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod cli;
 pub mod dag;
 pub mod demo;
