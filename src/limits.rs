@@ -17,6 +17,9 @@ pub const OUTCOME_BATCH_MAX: usize = 256;
 /// worker blocks when this many batches wait).
 pub const OUTCOME_QUEUE_BATCHES_MAX: usize = 1024;
 
+/// Durable batches waiting to be applied to the store's index.
+pub const APPLY_QUEUE_BATCHES_MAX: usize = 64;
+
 /// Records the collector appends before one group commit.
 pub const COMMIT_RECORDS_MAX: usize = 65_536;
 

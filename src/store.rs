@@ -508,6 +508,8 @@ pub struct Store {
     /// `None` for a read-only store. The lock also orders submissions, so
     /// positions handed out by `submit` match commit order.
     writer: Mutex<Option<(log::Writer, u64)>>,
+    /// Applies durable batches to the index; ends when the writer does.
+    applier: Mutex<Option<std::thread::JoinHandle<()>>>,
     durability: Arc<Durability>,
     listener: Arc<RwLock<Option<Listener>>>,
     pub recovery: RecoveryReport,
@@ -542,33 +544,53 @@ impl Store {
         let durability = Arc::new(Durability::default());
         let listener: Arc<RwLock<Option<Listener>>> = Arc::new(RwLock::new(None));
         let (sink, durable, listen) = (index.clone(), durability.clone(), listener.clone());
+        // Durable batches are applied to the index on a thread of their own,
+        // so the writer goes straight on to the next group commit. One FIFO
+        // channel keeps them in log order; it is bounded, so a slow applier
+        // slows the writer rather than queueing without limit.
+        let (applied_tx, applied_rx) =
+            crossbeam_channel::bounded::<Vec<Record>>(crate::limits::APPLY_QUEUE_BATCHES_MAX);
+        let applier = std::thread::Builder::new()
+            .name("hxo-applier".into())
+            .spawn(move || {
+                for records in applied_rx {
+                    {
+                        let mut index = sink.write().unwrap_or_else(|e| e.into_inner());
+                        // Manifests written by this process were serialised
+                        // from a Manifest: they always parse.
+                        index
+                            .apply(&records)
+                            .expect("records written by this process apply cleanly");
+                    }
+                    if let Some(listener) =
+                        listen.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+                    {
+                        listener(&records);
+                    }
+                    let mut count = durable
+                        .durable_records
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    *count += records.len() as u64;
+                    durable.advanced.notify_all();
+                }
+            })
+            .map_err(|source| {
+                StoreError::WriterStopped(format!("spawning the index thread: {source}"))
+            })?;
         let writer = log::spawn_writer(
             log,
             crate::limits::OUTCOME_QUEUE_BATCHES_MAX,
             Box::new(move |records: Vec<Record>| {
-                {
-                    let mut index = sink.write().unwrap_or_else(|e| e.into_inner());
-                    // Manifests written by this process were serialised from
-                    // a Manifest: they always parse.
-                    index
-                        .apply(&records)
-                        .expect("records written by this process apply cleanly");
-                }
-                if let Some(listener) = listen.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    listener(&records);
-                }
-                let mut count = durable
-                    .durable_records
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                *count += records.len() as u64;
-                durable.advanced.notify_all();
+                // The applier only stops when this sender is dropped.
+                let _ = applied_tx.send(records);
             }),
         )?;
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
             writer: Mutex::new(Some((writer, 0))),
+            applier: Mutex::new(Some(applier)),
             durability,
             listener,
             recovery,
@@ -599,6 +621,7 @@ impl Store {
             dir: dir.to_path_buf(),
             index: Arc::new(RwLock::new(index)),
             writer: Mutex::new(None),
+            applier: Mutex::new(None),
             durability: Arc::new(Durability::default()),
             listener: Arc::new(RwLock::new(None)),
             recovery,
@@ -826,7 +849,18 @@ impl Store {
     pub fn close(&self) -> Result<(), StoreError> {
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((writer, _)) = writer {
-            writer.finish()?;
+            let finished = writer.finish();
+            // The writer's callback (the applier's sender) is gone now, so
+            // the applier drains and ends.
+            if let Some(applier) = self
+                .applier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                let _ = applier.join();
+            }
+            finished?;
         }
         Ok(())
     }
