@@ -118,7 +118,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n));
     group.bench_function(BenchmarkId::from_parameter(n), |b| {
         b.iter(|| {
-            let store = Arc::new(Store::open_read_only(&db).unwrap());
+            let store = Arc::new(Store::open_read_only(&db, false).unwrap());
             let engine = Engine::with_store(settings(&db, true), store);
             let report = engine.report(&plan_id).unwrap();
             assert_eq!(report.done_shards, n);

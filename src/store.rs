@@ -512,6 +512,8 @@ pub struct Store {
     applier: Mutex<Option<std::thread::JoinHandle<()>>>,
     durability: Arc<Durability>,
     listener: Arc<RwLock<Option<Listener>>>,
+    /// Read damaged stores past their damage (`--salvage`).
+    salvage: bool,
     pub recovery: RecoveryReport,
 }
 
@@ -523,6 +525,7 @@ impl Store {
     /// Opens the store for writing: takes the store lock, recovers the log
     /// and starts the log writer.
     pub fn open(dir: &Path, options: LogOptions) -> Result<Store, StoreError> {
+        let salvage = options.salvage;
         let (log, recovery) = log::Log::open(dir, options)?;
         let mut index = Index::default();
         let mut pending = Vec::with_capacity(4096);
@@ -593,6 +596,7 @@ impl Store {
             applier: Mutex::new(Some(applier)),
             durability,
             listener,
+            salvage,
             recovery,
         })
     }
@@ -600,11 +604,11 @@ impl Store {
     /// Opens the store for reading only: no lock, no recovery writes. A
     /// torn tail (a run in progress elsewhere) is simply where reading
     /// stops.
-    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open_read_only(dir: &Path, salvage: bool) -> Result<Store, StoreError> {
         let mut index = Index::default();
         let mut pending = Vec::with_capacity(4096);
         let mut failure: Option<StoreError> = None;
-        let recovery = log::read_only_scan(dir, &mut |record| {
+        let recovery = log::read_only_scan(dir, salvage, &mut |record| {
             pending.push(record);
             if pending.len() == 4096 && failure.is_none() {
                 if let Err(error) = index.apply(&pending) {
@@ -624,6 +628,7 @@ impl Store {
             applier: Mutex::new(None),
             durability: Arc::new(Durability::default()),
             listener: Arc::new(RwLock::new(None)),
+            salvage,
             recovery,
         })
     }
@@ -812,7 +817,7 @@ impl Store {
         let mut done = vec![false; count];
         let mut chunk: Vec<(u64, [u8; 64])> = Vec::with_capacity(CHUNK);
         let wanted = *plan_id;
-        log::read_only_scan(&self.dir, &mut |record| match record {
+        log::read_only_scan(&self.dir, self.salvage, &mut |record| match record {
             Record::ShardDone {
                 plan_id,
                 leaf_index,

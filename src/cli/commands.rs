@@ -84,7 +84,8 @@ fn open_read_only(global: &GlobalArgs) -> Result<Arc<Engine>, CliError> {
             settings.db_path.display()
         )));
     }
-    let store = Store::open_read_only(&settings.db_path).map_err(engine::EngineError::from)?;
+    let store = Store::open_read_only(&settings.db_path, global.salvage)
+        .map_err(engine::EngineError::from)?;
     Ok(Engine::with_store(settings, Arc::new(store)))
 }
 

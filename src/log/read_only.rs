@@ -9,7 +9,7 @@
 use super::format::SegmentHeader;
 use super::segment::{self, ScanStop};
 use super::storage::{parse_segment_file_name, segment_file_name};
-use super::{LogError, Record, RecoveryReport};
+use super::{Damage, LogError, Record, RecoveryReport};
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::Path;
@@ -23,8 +23,11 @@ fn io(dir: &Path, op: String, source: std::io::Error) -> LogError {
 }
 
 /// Calls `on_record` for every record of the store in `dir`, in log order.
+/// With `salvage`, damage is skipped (the rest of that segment is dropped
+/// and reported) instead of failing, as `Log::open` does with salvage.
 pub fn read_only_scan(
     dir: &Path,
+    salvage: bool,
     on_record: &mut dyn FnMut(Record),
 ) -> Result<RecoveryReport, LogError> {
     let mut indices = Vec::new();
@@ -55,10 +58,20 @@ pub fn read_only_scan(
             .map_err(|e| io(dir, format!("mapping segment {index}"), e))?;
         let bytes: &[u8] = &map;
         if let Err(e) = SegmentHeader::parse(bytes, index, len) {
+            let reason = format!("bad segment header: {e}");
+            if salvage {
+                report.salvaged.push(Damage {
+                    segment: index,
+                    offset: 0,
+                    bytes: len,
+                    reason,
+                });
+                continue;
+            }
             return Err(LogError::Corrupt {
                 segment: index,
                 offset: 0,
-                reason: format!("bad segment header: {e}"),
+                reason,
             });
         }
         let scan = segment::scan(bytes, is_last, on_record);
@@ -66,6 +79,16 @@ pub fn read_only_scan(
         report.segment_count += 1;
         match scan.stop {
             ScanStop::Clean | ScanStop::Torn { .. } => {}
+            ScanStop::Damaged {
+                offset,
+                bytes,
+                reason,
+            } if salvage => report.salvaged.push(Damage {
+                segment: index,
+                offset: offset as u64,
+                bytes: bytes as u64,
+                reason,
+            }),
             ScanStop::Damaged { offset, reason, .. } => {
                 return Err(LogError::Corrupt {
                     segment: index,

@@ -3,6 +3,7 @@
 
 mod crash;
 mod deploy;
+mod lifecycle;
 mod merkle;
 mod plans;
 mod run;
