@@ -190,6 +190,87 @@ impl Engine {
         submitted_by: &str,
         dry_run: bool,
     ) -> Result<PlanId, EngineError> {
+        let plan_id = self.record_accepted(compiled, submitted_by, dry_run)?;
+        self.bus.publish(
+            events::PLAN,
+            json!({"plan_id": plan_id_text(&plan_id), "name": compiled.plan.name,
+                   "status": "submitted", "total_shards": compiled.dag.shard_count(),
+                   "submitted_by": submitted_by}),
+        );
+        Ok(plan_id)
+    }
+
+    /// Records the plan as accepted but not submitted: a durable `hxo.plan`
+    /// event with status `created` says so, until [`Engine::mark_submitted`]
+    /// logs `submitted`. A server rehydrates only submitted plans
+    /// ([`Engine::is_submitted`]).
+    pub fn accept_created(
+        &self,
+        compiled: &Compiled,
+        submitted_by: &str,
+        dry_run: bool,
+    ) -> Result<PlanId, EngineError> {
+        let plan_id = self.record_accepted(compiled, submitted_by, dry_run)?;
+        self.durable_plan_event(json!({"plan_id": plan_id_text(&plan_id),
+            "name": compiled.plan.name, "status": "created",
+            "total_shards": compiled.dag.shard_count(), "submitted_by": submitted_by}))?;
+        Ok(plan_id)
+    }
+
+    /// Logs that a created plan was submitted (a durable `hxo.plan` event).
+    pub fn mark_submitted(&self, plan_id: &PlanId, submitted_by: &str) -> Result<(), EngineError> {
+        let entry = self.entry(plan_id)?;
+        let (name, total) = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            (plan.manifest.spec.name.clone(), plan.shard_count())
+        };
+        self.durable_plan_event(json!({"plan_id": plan_id_text(plan_id), "name": name,
+            "status": "submitted", "total_shards": total, "submitted_by": submitted_by}))
+    }
+
+    /// Whether a plan was submitted: false only while the latest durable
+    /// `hxo.plan` event of the plan that says `created` or `submitted` says
+    /// `created`. Plans accepted by [`Engine::accept`] (the CLI) and plans
+    /// from logs older than this notion count as submitted.
+    pub fn is_submitted(&self, plan_id: &PlanId) -> bool {
+        let text = plan_id_text(plan_id);
+        let mut submitted = true;
+        for event in self.store.durable_events() {
+            if event.topic != events::PLAN || !event.is_for_plan(&text) {
+                continue;
+            }
+            match event.data_json().get("status").and_then(|s| s.as_str()) {
+                Some("created") => submitted = false,
+                Some("submitted") => submitted = true,
+                _ => {}
+            }
+        }
+        submitted
+    }
+
+    /// Publishes a plan-level event, or writes it straight to the log when
+    /// the bus is disabled, so that the log keeps it either way.
+    fn durable_plan_event(&self, data: serde_json::Value) -> Result<(), EngineError> {
+        if self.bus.is_enabled() {
+            self.bus.publish(events::PLAN, data);
+            return Ok(());
+        }
+        let position = self.store.submit(vec![Record::Event {
+            seq: 0,
+            at_ms: events::now_ms(),
+            topic: events::PLAN.to_string(),
+            payload_json: data.to_string(),
+        }])?;
+        self.store.wait_durable(position)?;
+        Ok(())
+    }
+
+    fn record_accepted(
+        &self,
+        compiled: &Compiled,
+        submitted_by: &str,
+        dry_run: bool,
+    ) -> Result<PlanId, EngineError> {
         let plan_id = *uuid::Uuid::new_v4().as_bytes();
         let manifest = manifest_of(compiled, submitted_by, dry_run);
         let position = self.store.submit(vec![Record::PlanAccepted {
@@ -199,12 +280,6 @@ impl Engine {
             manifest_json: manifest.to_json(),
         }])?;
         self.store.wait_durable(position)?;
-        self.bus.publish(
-            events::PLAN,
-            json!({"plan_id": plan_id_text(&plan_id), "name": compiled.plan.name,
-                   "status": "submitted", "total_shards": compiled.dag.shard_count(),
-                   "submitted_by": submitted_by}),
-        );
         Ok(plan_id)
     }
 
@@ -620,34 +695,43 @@ impl Engine {
     /// The plan's report (live counts if it runs in this process).
     pub fn report(&self, plan_id: &PlanId) -> Result<Report, EngineError> {
         let entry = self.entry(plan_id)?;
-        let running = self
+        let running = self.running_info(plan_id);
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let live = live_of(&plan, running);
+        Ok(report::build(&plan, live))
+    }
+
+    /// The guide's status fields only: constant time in the plan's size
+    /// (no per-shard pass), for pollers (`GET /api/hxo/status`).
+    pub fn status(&self, plan_id: &PlanId) -> Result<report::Status, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let running = self.running_info(plan_id);
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let live = live_of(&plan, running);
+        Ok(report::status(&plan, live))
+    }
+
+    /// Claimed and running shards of the plans running in this process.
+    pub fn live_counts(&self) -> (u64, u64) {
+        let controls: Vec<Arc<Control>> = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.control.clone())
+            .collect();
+        controls.iter().fold((0, 0), |(c, r), control| {
+            let (claimed, running) = control.live_counts();
+            (c + claimed, r + running)
+        })
+    }
+
+    fn running_info(&self, plan_id: &PlanId) -> Option<(Arc<Control>, Instant, u64)> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(plan_id)
-            .map(|r| (r.control.clone(), r.started, r.baseline));
-        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-        let live = match running {
-            Some((control, started, baseline)) => {
-                let (claimed, running) = control.live_counts();
-                // ETA from the rate observed in this run, not a constant.
-                let finished_now = plan.shard_count() - plan.pending_count();
-                let elapsed = started.elapsed().as_secs_f64();
-                let rate = if elapsed > 0.0 {
-                    finished_now.saturating_sub(baseline) as f64 / elapsed
-                } else {
-                    0.0
-                };
-                Live {
-                    claimed,
-                    running,
-                    rate_per_second: rate,
-                    running_now: true,
-                }
-            }
-            None => Live::default(),
-        };
-        Ok(report::build(&plan, live))
+            .map(|r| (r.control.clone(), r.started, r.baseline))
     }
 
     /// Builds the inclusion proof of a shard from the durable log.
@@ -981,6 +1065,31 @@ pub fn sample_indices(seed: &Hash, tree_size: u64, count: usize) -> Vec<u64> {
     picked.sort_unstable();
     picked.dedup();
     picked
+}
+
+/// What only a live run knows, for a plan running in this process
+/// (`running`: its control, start and outcomes at start).
+fn live_of(plan: &PlanRecord, running: Option<(Arc<Control>, Instant, u64)>) -> Live {
+    match running {
+        Some((control, started, baseline)) => {
+            let (claimed, running) = control.live_counts();
+            // ETA from the rate observed in this run, not a constant.
+            let finished_now = plan.shard_count() - plan.pending_count();
+            let elapsed = started.elapsed().as_secs_f64();
+            let rate = if elapsed > 0.0 {
+                finished_now.saturating_sub(baseline) as f64 / elapsed
+            } else {
+                0.0
+            };
+            Live {
+                claimed,
+                running,
+                rate_per_second: rate,
+                running_now: true,
+            }
+        }
+        None => Live::default(),
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

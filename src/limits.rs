@@ -51,3 +51,15 @@ const _: () = assert!(OUTCOME_BATCH_MAX <= COMMIT_RECORDS_MAX);
 const _: () = assert!(READY_CHUNK_MAX as u64 <= SHARDS_MAX_CEILING);
 const _: () = assert!(ERROR_TEXT_BYTES_MAX < PLAN_BYTES_MAX as usize);
 const _: () = assert!(CERTIFY_SAMPLE_PROOFS > 0);
+
+/// Threads answering HTTP requests at once; more requests wait in a queue.
+pub const HTTP_WORKERS: usize = 16;
+
+/// Event streams open at once (each holds a thread); more get 503.
+pub const HTTP_EVENT_STREAMS_MAX: usize = 64;
+
+/// Events one `GET /api/genesis/events` returns at most.
+pub const HTTP_EVENTS_PAGE_MAX: usize = 1000;
+
+const _: () = assert!(HTTP_WORKERS > 0 && HTTP_EVENT_STREAMS_MAX > 0);
+const _: () = assert!(HTTP_EVENTS_PAGE_MAX <= EVENT_RING_MAX);

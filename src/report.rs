@@ -233,6 +233,58 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
     }
 }
 
+/// The guide's status fields (`GET /api/hxo/status/{plan_id}`), plus
+/// `status`: what [`build`] gives for them, without its per-shard pass, so
+/// that polling a plan of a million shards stays cheap.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Status {
+    pub plan_id: String,
+    pub plan_name: String,
+    pub status: String,
+    pub total_shards: u64,
+    pub pending_shards: u64,
+    pub claimed_shards: u64,
+    pub running_shards: u64,
+    pub done_shards: u64,
+    pub failed_shards: u64,
+    pub merkle_root: Option<String>,
+    pub truth_certified: bool,
+    pub eta_seconds: Option<f64>,
+}
+
+pub fn status(plan: &PlanRecord, live: Live) -> Status {
+    let counts = plan.counts();
+    let total = plan.shard_count();
+    let pending_all = plan.pending_count();
+    let eta_seconds = if pending_all == 0 {
+        Some(0.0)
+    } else if live.running_now && live.rate_per_second > 0.0 {
+        Some(((pending_all as f64 / live.rate_per_second) * 10.0).round() / 10.0)
+    } else {
+        None
+    };
+    let claimed = live.claimed.min(pending_all);
+    let running = live.running.min(pending_all - claimed);
+    Status {
+        plan_id: plan_id_text(&plan.plan_id),
+        plan_name: plan.manifest.spec.name.clone(),
+        status: if live.running_now {
+            "running".to_string()
+        } else {
+            plan.status().to_string()
+        },
+        total_shards: total,
+        pending_shards: pending_all - claimed - running,
+        claimed_shards: claimed,
+        running_shards: running,
+        done_shards: counts.done,
+        failed_shards: counts.failed + counts.aborted,
+        merkle_root: plan.finished.as_ref().map(|f| to_hex(&f.root)),
+        truth_certified: plan.truth_certified(),
+        eta_seconds,
+    }
+}
+
 impl Report {
     /// The human report printed at the end of a run.
     pub fn render(&self) -> String {

@@ -137,7 +137,9 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::SUCCESS)
         }
         Command::Events { topic, plan_id } => events(global, topic.as_deref(), plan_id.as_deref()),
-        Command::Serve { bind } => crate::http::serve_cli(settings(global)?, &bind, global.salvage),
+        Command::Serve { bind, root } => {
+            crate::http::serve_cli(settings(global)?, &bind, &root, global.salvage)
+        }
         Command::Gc => gc(global),
         Command::Config => config(global),
         Command::Completions { shell } => {

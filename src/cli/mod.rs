@@ -7,7 +7,7 @@
 
 mod commands;
 mod progress;
-mod signals;
+pub(crate) mod signals;
 
 use crate::engine::EngineError;
 use crate::plan::PlanError;
@@ -178,9 +178,14 @@ pub enum Command {
     },
     /// Serve the REST API, event stream, metrics and dashboard
     Serve {
-        /// Address to bind
+        /// Address to bind (loopback by default; put a TLS proxy in front
+        /// before exposing it)
         #[arg(long, default_value = "127.0.0.1:8000")]
         bind: String,
+        /// Directory that relative config paths of plans posted over HTTP
+        /// resolve against (they may not escape it)
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        root: PathBuf,
     },
     /// Compact the checkpoint log: keep the latest outcome per shard
     Gc,

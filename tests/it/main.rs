@@ -3,6 +3,7 @@
 
 mod crash;
 mod deploy;
+mod http;
 mod lifecycle;
 mod merkle;
 mod plans;
