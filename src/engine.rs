@@ -127,7 +127,7 @@ fn config_error(stage_index: usize, key: &str, text: String) -> PlanError {
 }
 
 fn partition_error(stage_index: usize, error: PartitionError) -> PlanError {
-    config_error(stage_index, &error.key().to_string(), error.to_string())
+    config_error(stage_index, error.key(), error.to_string())
 }
 
 impl Engine {

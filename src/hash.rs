@@ -1,6 +1,6 @@
 //! SHA-256 digests and their hex form: the one hash type every layer shares.
 //!
-//! A [`Hash`] is a plain 32-byte array so that arrays of them are contiguous
+//! A [`Hash`](type@Hash) is a plain 32-byte array so that arrays of them are contiguous
 //! (the Merkle code hashes levels of `Vec<Hash>` in place) and so that they
 //! cost nothing to copy into log records.
 

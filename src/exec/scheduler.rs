@@ -427,10 +427,8 @@ pub fn run(
             sink: &shared.sink,
         };
         let mut stack = Vec::new();
-        for stage_index in 0..stage_count {
-            if !stage_failed[stage_index] {
-                continue;
-            }
+        let failed_stages = (0..stage_count).filter(|&stage| stage_failed[stage]);
+        for stage_index in failed_stages {
             for leaf in dag.stages[stage_index].leaves() {
                 if shared.input.initial[leaf as usize] == Initial::Failed {
                     for &dependent in dag.dependents(LeafIndex(leaf)) {

@@ -3,8 +3,8 @@
 //!
 //! Codemap:
 //! - `server.rs`: the thin adapter over tiny_http (the only file that
-//!   names it): a fixed pool of worker threads, [`server::Exchange`] and
-//!   [`server::Reply`], raw chunked streams for SSE.
+//!   names it): a fixed pool of worker threads, `server::Exchange` and
+//!   `server::Reply`, raw chunked streams for SSE.
 //! - `routes.rs`: [`ROUTES`] (the table the router matches and
 //!   `openapi.json` describes), the order of checks, one handler per route.
 //! - `auth.rs`: roles, constant-time token checks, the generated token.

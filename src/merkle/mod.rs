@@ -97,7 +97,7 @@ pub const PARALLEL_LEVEL_MIN_NODES: usize = 4096;
 /// Nodes of a level handed to one rayon task. Must be even so that no pair
 /// straddles two chunks.
 const PARALLEL_CHUNK_NODES: usize = 2048;
-const _: () = assert!(PARALLEL_CHUNK_NODES.is_multiple_of(2) && PARALLEL_CHUNK_NODES >= 2);
+const _: () = assert!(PARALLEL_CHUNK_NODES % 2 == 0 && PARALLEL_CHUNK_NODES >= 2);
 
 /// SHA-256(0x00 || data): the hash of one leaf.
 pub fn leaf_hash(data: &[u8]) -> Hash {

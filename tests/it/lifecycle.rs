@@ -20,7 +20,7 @@ fn wait_for_lock(sandbox: &Sandbox) {
 fn ctrl_c_exits_130_and_the_run_resumes_to_the_same_root() {
     let sandbox = Sandbox::new();
     let plan = sandbox.plan("slow.json", SLOW);
-    let mut child = sandbox
+    let child = sandbox
         .command(&["run", "--json", plan.to_str().unwrap()])
         .env("HXO_THREADS", "2")
         .stdout(std::process::Stdio::piped())
