@@ -127,7 +127,14 @@ fn config_error(stage_index: usize, key: &str, text: String) -> PlanError {
 }
 
 fn partition_error(stage_index: usize, error: PartitionError) -> PlanError {
-    config_error(stage_index, error.key(), error.to_string())
+    // The plan error carries text only, so the causes go into it.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    config_error(stage_index, error.key(), text)
 }
 
 impl Engine {
@@ -1256,18 +1263,8 @@ fn collect(
     loop {
         let batch = match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(batch) => batch,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                check_slos(
-                    bus,
-                    plan_text,
-                    slos,
-                    dag,
-                    &stage_started,
-                    &stage_outcomes,
-                    &mut alerted,
-                );
-                continue;
-            }
+            // Nothing arrived: only the SLO clocks move.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Vec::new(),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
         let mut records = Vec::with_capacity(batch.len());

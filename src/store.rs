@@ -349,6 +349,32 @@ struct Index {
 }
 
 impl Index {
+    /// An index of every record `scan` visits, applied in batches.
+    fn build<R>(
+        scan: impl FnOnce(&mut dyn FnMut(Record)) -> Result<R, LogError>,
+    ) -> Result<(Index, R), StoreError> {
+        const BATCH: usize = 4096;
+        let mut index = Index::default();
+        let mut pending = Vec::with_capacity(BATCH);
+        let mut failure: Option<StoreError> = None;
+        let result = scan(&mut |record| {
+            pending.push(record);
+            if pending.len() == BATCH {
+                if failure.is_none() {
+                    if let Err(error) = index.apply(&pending) {
+                        failure = Some(error);
+                    }
+                }
+                pending.clear();
+            }
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        index.apply(&pending)?;
+        Ok((index, result))
+    }
+
     fn apply(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let mut touched: Vec<Arc<PlanEntry>> = Vec::new();
         let mut position = 0;
@@ -527,22 +553,7 @@ impl Store {
     pub fn open(dir: &Path, options: LogOptions) -> Result<Store, StoreError> {
         let salvage = options.salvage;
         let (log, recovery) = log::Log::open(dir, options)?;
-        let mut index = Index::default();
-        let mut pending = Vec::with_capacity(4096);
-        let mut failure: Option<StoreError> = None;
-        log.for_each_record(&mut |record| {
-            pending.push(record);
-            if pending.len() == 4096 && failure.is_none() {
-                if let Err(error) = index.apply(&pending) {
-                    failure = Some(error);
-                }
-                pending.clear();
-            }
-        })?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        index.apply(&pending)?;
+        let (index, ()) = Index::build(|visit| log.for_each_record(visit))?;
         let index = Arc::new(RwLock::new(index));
         let durability = Arc::new(Durability::default());
         let listener: Arc<RwLock<Option<Listener>>> = Arc::new(RwLock::new(None));
@@ -605,22 +616,7 @@ impl Store {
     /// torn tail (a run in progress elsewhere) is simply where reading
     /// stops.
     pub fn open_read_only(dir: &Path, salvage: bool) -> Result<Store, StoreError> {
-        let mut index = Index::default();
-        let mut pending = Vec::with_capacity(4096);
-        let mut failure: Option<StoreError> = None;
-        let recovery = log::read_only_scan(dir, salvage, &mut |record| {
-            pending.push(record);
-            if pending.len() == 4096 && failure.is_none() {
-                if let Err(error) = index.apply(&pending) {
-                    failure = Some(error);
-                }
-                pending.clear();
-            }
-        })?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        index.apply(&pending)?;
+        let (index, recovery) = Index::build(|visit| log::read_only_scan(dir, salvage, visit))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             index: Arc::new(RwLock::new(index)),

@@ -147,6 +147,11 @@ fn skipped_digest(path: &str) -> Hash {
 }
 
 impl Executor for DocsIndex {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError> {
         let (root, files) = file_units(ctx, NAME)?;
         let mut documents: Vec<&str> = Vec::new();

@@ -106,6 +106,11 @@ pub fn manifest_line(entry: &FileEntry) -> String {
 }
 
 impl Executor for IndexAssets {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError> {
         let (root, files) = file_units(ctx, NAME)?;
         let mut lines = Vec::with_capacity(files.len());

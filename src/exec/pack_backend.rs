@@ -87,6 +87,11 @@ fn header_for(entry: &FileEntry) -> Result<tar::Header, ExecError> {
 }
 
 impl Executor for PackBackend {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError> {
         let (root, files) = file_units(ctx, NAME)?;
         let mut archive =

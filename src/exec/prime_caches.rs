@@ -192,6 +192,11 @@ impl PrimeCaches {
 }
 
 impl Executor for PrimeCaches {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError> {
         let (cache, unit_digests) = match ctx.input {
             PartitionInput::Files { .. } => self.prime_files(ctx)?,

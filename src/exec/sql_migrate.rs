@@ -502,6 +502,11 @@ impl SqlMigrate {
 }
 
 impl Executor for SqlMigrate {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn is_blocking(&self) -> bool {
         true
     }

@@ -262,6 +262,11 @@ fn unit_digest(path: &str, language: Option<Language>, symbols: &[Symbol]) -> Ha
 }
 
 impl Executor for WarmRegistry {
+    /// The digest is the tree hash of per-unit digests of `ctx.units`.
+    fn is_splittable(&self) -> bool {
+        true
+    }
+
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError> {
         let (root, files) = file_units(ctx, NAME)?;
         let mut records = Vec::new();

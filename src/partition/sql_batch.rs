@@ -119,9 +119,15 @@ fn from_table(
             source,
         }
     };
-    // No SQLITE_OPEN_URI: the path is a file name, never a URI.
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // No SQLITE_OPEN_URI: the path is a file name, never a URI. Read-write
+    // (but never create, and nothing here writes) because a migration killed
+    // mid-batch leaves a hot journal that only a writable connection may
+    // roll back; SQLite falls back to read-only for a write-protected file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(database, flags).map_err(sql_error("database"))?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql_error("database"))?;
     // Reading the schema is also what detects a file that is not a
     // database, so its errors name `database`.
     let exists: bool = connection
