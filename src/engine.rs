@@ -879,6 +879,7 @@ impl Engine {
     /// Marks an incomplete plan aborted: pending shards fail (aborted), done
     /// shards stay. A plan running in this process is stopped at once.
     pub fn abort(&self, plan_id: &PlanId, actor: &str) -> Result<(), EngineError> {
+        let entry = self.entry(plan_id)?;
         self.bus.publish(
             events::AUDIT,
             json!({"actor": actor, "action": "abort", "plan_id": plan_id_text(plan_id), "at_ms": events::now_ms()}),
@@ -889,7 +890,6 @@ impl Engine {
             });
             return Ok(());
         }
-        let entry = self.entry(plan_id)?;
         let records: Vec<Record> = {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             if plan.is_complete() {
@@ -1274,8 +1274,11 @@ fn collect(
                 stage_outcomes[stage] += 1;
             }
             if stage_started[stage].is_none() {
-                stage_started[stage] =
-                    Some(Instant::now() - Duration::from_micros(outcome.duration_us));
+                let now = Instant::now();
+                stage_started[stage] = Some(
+                    now.checked_sub(Duration::from_micros(outcome.duration_us))
+                        .unwrap_or(now),
+                );
             }
             let cas_id = *dag.cas_id(LeafIndex(outcome.leaf));
             match outcome.kind {

@@ -152,3 +152,31 @@ fn a_migration_killed_mid_run_resumes_without_applying_any_batch_twice() {
         // Later iterations see a migrated database: nothing changes again.
     }
 }
+
+#[test]
+fn hxo_deploy_builds_the_guide_plan_from_stage_names() {
+    let sandbox = Sandbox::new();
+    let dir = project(&sandbox);
+    let root = dir.to_str().unwrap();
+    let output = sandbox.run(&["deploy", "--json", "--stages", "pack,prime", "--root", root]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["plan_name"], "deploy_full_stack");
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["pack_backend", "prime_registry"]);
+    assert_eq!(report["truth_certified"], true);
+    // The migration stage obeys its kind's dry-run policy here too.
+    let dry = sandbox.run(&["deploy", "--dry-run", "--stages", "migrate", "--root", root]);
+    assert_code(&dry, 0);
+    let real = sandbox.run(&["deploy", "--stages", "migrate", "--root", root]);
+    assert_code(&real, 0);
+    assert_eq!(accounts(&dir).1, 100_000);
+    let unknown = sandbox.run(&["deploy", "--stages", "pack,ship", "--root", root]);
+    assert_code(&unknown, 2);
+    assert!(stderr(&unknown).contains("unknown stage \"ship\""));
+}
