@@ -1,3 +1,5 @@
+//! Unit tests of DAG compilation: joins, cas_id sensitivity, collapse, chains, limits.
+
 use super::*;
 use crate::partition::{FileEntry, Partition, PartitionInput, Partitioning};
 use crate::plan::{Plan, PlanDefaults};

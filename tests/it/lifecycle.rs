@@ -28,8 +28,7 @@ fn ctrl_c_exits_130_and_the_run_resumes_to_the_same_root() {
         .spawn()
         .unwrap();
     wait_for_lock(&sandbox);
-    // SAFETY-free: plain kill(2) of our own child.
-    unsafe_kill(child.id(), libc_sigint());
+    send_signal(child.id(), "INT");
     let output = child.wait_with_output().unwrap();
     assert_code(&output, 130);
     assert!(
@@ -51,11 +50,8 @@ fn ctrl_c_exits_130_and_the_run_resumes_to_the_same_root() {
     assert_eq!(resumed["merkle_root"], reference["merkle_root"]);
 }
 
-fn libc_sigint() -> i32 {
-    2
-}
-
-fn unsafe_kill(pid: u32, signal: i32) {
+/// Sends `signal` (a name such as "INT") to a child, with kill(1).
+fn send_signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
