@@ -15,10 +15,15 @@ pub const OUTCOME_BATCH_MAX: usize = 256;
 
 /// Batches in flight between the pool and the collector (backpressure: a
 /// worker blocks when this many batches wait).
-pub const OUTCOME_QUEUE_BATCHES_MAX: usize = 1024;
+pub const OUTCOME_QUEUE_BATCHES_MAX: usize = 256;
 
 /// Durable batches waiting to be applied to the store's index.
-pub const APPLY_QUEUE_BATCHES_MAX: usize = 64;
+pub const APPLY_QUEUE_BATCHES_MAX: usize = 4;
+
+/// Batches (of at most `OUTCOME_BATCH_MAX` records) waiting for the log
+/// writer. Small: a deep queue only holds memory, the writer drains it in
+/// one group commit anyway.
+pub const LOG_QUEUE_BATCHES_MAX: usize = 128;
 
 /// Records the collector appends before one group commit.
 pub const COMMIT_RECORDS_MAX: usize = 65_536;

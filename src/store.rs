@@ -594,7 +594,7 @@ impl Store {
             })?;
         let writer = log::spawn_writer(
             log,
-            crate::limits::OUTCOME_QUEUE_BATCHES_MAX,
+            crate::limits::LOG_QUEUE_BATCHES_MAX,
             Box::new(move |records: Vec<Record>| {
                 // The applier only stops when this sender is dropped.
                 let _ = applied_tx.send(records);

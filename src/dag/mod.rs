@@ -27,8 +27,8 @@
 //! INVARIANTS of [`Dag`]: cas_ids are unique (duplicates within a stage
 //! collapse into the first); every shard-level edge points from a lower
 //! stage in topological order or from an earlier shard of the same stage,
-//! so the graph is acyclic; `dependents_start` has `shard_count + 1`
-//! ascending entries.
+//! so the graph is acyclic; `dependents_start` is empty (no shard-level
+//! edges) or has `shard_count + 1` ascending entries.
 
 use crate::hash::{to_hex, Hash};
 use crate::partition::{keys_match, Partition, PartitionInput, Partitioning};
@@ -110,7 +110,9 @@ pub struct Dag {
     cas_ids: Vec<Hash>,
     /// For each stage, the stages that join it by barrier.
     barrier_dependents: Vec<Vec<StageIndex>>,
-    // INVARIANT: dependents_start.len() == shard_count + 1, ascending.
+    // INVARIANT: either all three CSR arrays are empty (no shard-level
+    // edges), or dependents_start.len() == shard_count + 1, ascending, and
+    // dependency_count.len() == shard_count.
     dependents_start: Vec<u32>,
     dependents: Vec<u32>,
     /// Shard-level dependencies of each shard (barriers not counted).
@@ -145,13 +147,16 @@ impl Dag {
 
     /// Shards that wait on `leaf` directly (pipelined or chained edges).
     pub fn dependents(&self, leaf: LeafIndex) -> &[u32] {
+        if self.dependents.is_empty() {
+            return &[];
+        }
         let start = self.dependents_start[leaf.get()] as usize;
         let end = self.dependents_start[leaf.get() + 1] as usize;
         &self.dependents[start..end]
     }
 
     pub fn dependency_count(&self, leaf: LeafIndex) -> u32 {
-        self.dependency_count[leaf.get()]
+        self.dependency_count.get(leaf.get()).copied().unwrap_or(0)
     }
 
     /// Stages that wait, by barrier, for all of `stage`.
@@ -375,13 +380,16 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
         }
     }
     edges.sort_unstable();
-    let mut dependents_start = vec![0u32; shard_count + 1];
-    let mut dependency_count = vec![0u32; shard_count];
+    // Without shard-level edges (the common case of barriers only) the CSR
+    // arrays stay empty rather than holding a zero per shard.
+    let csr_len = if edges.is_empty() { 0 } else { shard_count };
+    let mut dependents_start = vec![0u32; csr_len + usize::from(csr_len > 0)];
+    let mut dependency_count = vec![0u32; csr_len];
     for &(from, to) in &edges {
         dependents_start[from as usize + 1] += 1;
         dependency_count[to as usize] += 1;
     }
-    for i in 0..shard_count {
+    for i in 0..csr_len {
         dependents_start[i + 1] += dependents_start[i];
     }
     let dependents: Vec<u32> = edges.iter().map(|&(_, to)| to).collect();

@@ -16,7 +16,7 @@
 use super::{CancelToken, ExecError, Executor, ShardContext};
 use crate::dag::{Dag, LeafIndex};
 use crate::hash::Hash;
-use crate::limits::{OUTCOME_BATCH_MAX, OUTCOME_QUEUE_BATCHES_MAX, READY_CHUNK_MAX};
+use crate::limits::{OUTCOME_BATCH_MAX, READY_CHUNK_MAX};
 use crate::plan::SchedulerKind;
 use crossbeam_channel::Sender;
 use crossbeam_utils::CachePadded;
@@ -816,7 +816,7 @@ impl Shared {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while (self.input.pressure)() > OUTCOME_QUEUE_BATCHES_MAX / 2
+        while (self.input.pressure)() > crate::limits::LOG_QUEUE_BATCHES_MAX / 2
             && !self.control.is_stopped()
             && Instant::now() < deadline
         {

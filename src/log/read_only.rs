@@ -14,6 +14,10 @@ use memmap2::Mmap;
 use std::fs::File;
 use std::path::Path;
 
+/// Bytes scanned between two releases of the pages behind the scan.
+const RELEASE_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+const PAGE_BYTES: usize = 4096;
+
 fn io(dir: &Path, op: String, source: std::io::Error) -> LogError {
     LogError::Io {
         store: dir.display().to_string(),
@@ -74,7 +78,28 @@ pub fn read_only_scan(
                 reason,
             });
         }
-        let scan = segment::scan(bytes, is_last, on_record);
+        // Pages already scanned are released as the scan goes, so reading a
+        // store costs no more than a window of memory, however large.
+        let mut released = 0usize;
+        let scan = segment::scan_with_offsets(bytes, is_last, &mut |record, end| {
+            on_record(record);
+            if end - released >= RELEASE_WINDOW_BYTES {
+                let upto = end / PAGE_BYTES * PAGE_BYTES;
+                // SAFETY: MADV_DONTNEED on a read-only shared file mapping
+                // only drops our page-table entries; the next access (there
+                // is none for these bytes) would fault them back from the
+                // file. No reference into the range outlives this call: the
+                // scan has moved past it and records are decoded copies.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        released,
+                        upto - released,
+                    )
+                };
+                released = upto;
+            }
+        });
         report.record_count += scan.record_count;
         report.segment_count += 1;
         match scan.stop {

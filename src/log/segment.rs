@@ -40,6 +40,16 @@ pub struct SegmentScan {
 /// already checked). `is_last` enables the torn-tail rules. Every valid
 /// record is decoded and handed to `on_record` in order.
 pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) -> SegmentScan {
+    scan_with_offsets(segment, is_last, &mut |record, _| on_record(record))
+}
+
+/// [`scan`], also telling `on_record` the offset just after each record (so
+/// a reader can release the pages behind it).
+pub fn scan_with_offsets(
+    segment: &[u8],
+    is_last: bool,
+    on_record: &mut dyn FnMut(Record, usize),
+) -> SegmentScan {
     assert!(segment.len() >= HEADER_SIZE, "header checked by the caller");
     let mut pos = HEADER_SIZE;
     let mut record_count = 0u64;
@@ -51,7 +61,7 @@ pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) ->
                 end,
             } => match Record::decode(type_code, payload) {
                 Ok(record) => {
-                    on_record(record);
+                    on_record(record, end);
                     record_count += 1;
                     pos = end;
                     continue;

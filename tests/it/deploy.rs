@@ -133,7 +133,7 @@ fn a_migration_killed_mid_run_resumes_without_applying_any_batch_twice() {
     let before = accounts(&dir);
     let dry = sandbox.run(&["run", "--dry-run", plan]);
     assert_code(&dry, 0);
-    for delay_ms in [300u64, 900] {
+    for (round, delay_ms) in [(1usize, 100u64), (2, 600)] {
         let mut child = sandbox
             .command(&["run", plan])
             .env("HXO_MAX_CONCURRENCY", "2")
@@ -141,6 +141,16 @@ fn a_migration_killed_mid_run_resumes_without_applying_any_batch_twice() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Kill only once the plan is accepted (so there is something to
+        // resume), at some point of its batches.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            let plans = sandbox.run(&["plans", "--json"]);
+            if code(&plans) == 0 && json(&plans).as_array().is_some_and(|p| p.len() >= round + 1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         child.wait().unwrap();
