@@ -160,8 +160,12 @@ impl Engine {
         });
         // Durable events go to the log; per-shard events are published once
         // their records are durable.
-        let store = engine.store.clone();
+        // Weak in both directions: the store and the bus point at each
+        // other through these closures, and strong references would keep
+        // both alive forever.
+        let store = Arc::downgrade(&engine.store);
         engine.bus.set_durable_sink(Box::new(move |event| {
+            let Some(store) = store.upgrade() else { return };
             let record = Record::Event {
                 seq: event.seq,
                 at_ms: event.at_ms,
@@ -171,10 +175,12 @@ impl Engine {
             // A failed writer is reported by the run that needs it.
             let _ = store.submit(vec![record]);
         }));
-        let bus = engine.bus.clone();
-        engine
-            .store
-            .set_listener(Box::new(move |records| publish_shard_events(&bus, records)));
+        let bus = Arc::downgrade(&engine.bus);
+        engine.store.set_listener(Box::new(move |records| {
+            if let Some(bus) = bus.upgrade() {
+                publish_shard_events(&bus, records);
+            }
+        }));
         engine
     }
 

@@ -116,13 +116,15 @@ fn ms(us: u64) -> f64 {
 
 pub fn build(plan: &PlanRecord, live: Live) -> Report {
     let counts = plan.counts();
-    let mut all_durations: Vec<u64> = Vec::new();
+    // Durations of the shards that ran, in leaf order; stages are
+    // contiguous leaf ranges, so each stage's are a slice of them.
+    let mut all_durations: Vec<u64> = Vec::with_capacity((counts.done - counts.reused) as usize);
     let mut stages = Vec::with_capacity(plan.manifest.stages.len());
     for stage in &plan.manifest.stages {
         let range = stage.first_leaf as usize..(stage.first_leaf + stage.shard_count) as usize;
         let slots = plan.shards.get(range).unwrap_or(&[]);
         let (mut done, mut failed, mut reused) = (0, 0, 0);
-        let mut durations = Vec::new();
+        let first = all_durations.len();
         for slot in slots {
             match slot.state {
                 SlotState::Done => {
@@ -130,15 +132,15 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
                     if slot.reused {
                         reused += 1;
                     } else {
-                        durations.push(slot.duration_us);
+                        all_durations.push(slot.duration_us);
                     }
                 }
                 SlotState::Failed | SlotState::Aborted => failed += 1,
                 SlotState::Pending => {}
             }
         }
+        let durations = &mut all_durations[first..];
         let busy_us: u64 = durations.iter().sum();
-        all_durations.extend_from_slice(&durations);
         stages.push(StageReport {
             stage_id: stage.id.clone(),
             kind: stage.kind.clone(),
@@ -149,8 +151,8 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
             failed_shards: failed,
             reused_shards: reused,
             slo_ms: stage.slo_ms,
-            p50_shard_ms: ms(percentile_us(&mut durations, 50.0)),
-            p95_shard_ms: ms(percentile_us(&mut durations, 95.0)),
+            p50_shard_ms: ms(percentile_us(durations, 50.0)),
+            p95_shard_ms: ms(percentile_us(durations, 95.0)),
             busy_ms: ms(busy_us),
         });
     }

@@ -214,8 +214,14 @@ impl PlanRecord {
                 slot.output_digest = *output_digest;
                 slot.attempts = *attempts;
                 slot.duration_us = *duration_us;
-                self.errors.remove(leaf_index);
-                self.splits.remove(leaf_index);
+                // Guarded: hashing a million leaf indices into empty maps
+                // would cost a reopen tens of milliseconds.
+                if !self.errors.is_empty() {
+                    self.errors.remove(leaf_index);
+                }
+                if !self.splits.is_empty() {
+                    self.splits.remove(leaf_index);
+                }
             }
             Record::ShardFailed {
                 leaf_index,
