@@ -67,6 +67,39 @@ pub fn optional_str<'a>(
     }
 }
 
+/// The non-negative number at `key`, or `default` when absent.
+pub fn optional_f64(
+    config: &Map<String, Value>,
+    key: &'static str,
+    default: f64,
+) -> Result<f64, ConfigError> {
+    match config.get(key) {
+        None => Ok(default),
+        Some(value) => value
+            .as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| ConfigError::Invalid {
+                key,
+                reason: format!("expected a non-negative number, got {value}"),
+            }),
+    }
+}
+
+/// The non-negative whole number at `key`, or `default` when absent.
+pub fn optional_u64(
+    config: &Map<String, Value>,
+    key: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match config.get(key) {
+        None => Ok(default),
+        Some(value) => value.as_u64().ok_or_else(|| ConfigError::Invalid {
+            key,
+            reason: format!("expected a non-negative whole number, got {value}"),
+        }),
+    }
+}
+
 /// The non-empty string at `key`.
 pub fn required_str<'a>(
     config: &'a Map<String, Value>,

@@ -176,35 +176,3 @@ pub fn build(stage: &Stage, base_dir: &Path) -> Result<Arc<dyn Executor>, Config
         }
     })
 }
-
-/// Reads an optional non-negative number from a config map.
-pub(crate) fn config_f64(
-    config: &serde_json::Map<String, serde_json::Value>,
-    key: &'static str,
-    default: f64,
-) -> Result<f64, ConfigError> {
-    match config.get(key) {
-        None => Ok(default),
-        Some(value) => value
-            .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| ConfigError::Invalid {
-                key,
-                reason: format!("expected a non-negative number, got {value}"),
-            }),
-    }
-}
-
-pub(crate) fn config_u64(
-    config: &serde_json::Map<String, serde_json::Value>,
-    key: &'static str,
-    default: u64,
-) -> Result<u64, ConfigError> {
-    match config.get(key) {
-        None => Ok(default),
-        Some(value) => value.as_u64().ok_or_else(|| ConfigError::Invalid {
-            key,
-            reason: format!("expected a non-negative whole number, got {value}"),
-        }),
-    }
-}

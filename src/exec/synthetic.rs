@@ -13,7 +13,8 @@
 //! reproducible and splittable. With no work, the unit digest is the seed
 //! block itself, which keeps a no-op shard down to the tree's leaf hash.
 
-use super::{config_f64, config_u64, ConfigError, ExecError, Executor, ShardContext};
+use super::config::{optional_f64, optional_u64};
+use super::{ConfigError, ExecError, Executor, ShardContext};
 use crate::hash::{sha256, Hash};
 use crate::partition::PartitionInput;
 use serde_json::{Map, Value};
@@ -32,7 +33,7 @@ pub struct Synthetic {
 impl Synthetic {
     pub fn from_config(config: &Map<String, Value>) -> Result<Self, ConfigError> {
         let rate = |key: &'static str| -> Result<f64, ConfigError> {
-            let value = config_f64(config, key, 0.0)?;
+            let value = optional_f64(config, key, 0.0)?;
             if value > 1.0 {
                 return Err(ConfigError::Invalid {
                     key,
@@ -42,12 +43,12 @@ impl Synthetic {
             Ok(value)
         };
         Ok(Synthetic {
-            work_iters: config_u64(config, "work_iters", 0)?,
-            sleep_ms: config_u64(config, "sleep_ms", 0)?,
+            work_iters: optional_u64(config, "work_iters", 0)?,
+            sleep_ms: optional_u64(config, "sleep_ms", 0)?,
             fail_rate: rate("fail_rate")?,
             panic_rate: rate("panic_rate")?,
-            seed: config_u64(config, "seed", 0)?,
-            flaky_attempts: config_u64(config, "flaky_attempts", 0)?,
+            seed: optional_u64(config, "seed", 0)?,
+            flaky_attempts: optional_u64(config, "flaky_attempts", 0)?,
         })
     }
 
