@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const PLAN: &str = r#"{"name": "crashy", "stages": [
-  {"id": "a", "kind": "synthetic", "config": {"shards": 6000, "items": 6000, "work_iters": 300, "seed": 1}},
-  {"id": "b", "kind": "synthetic", "dependencies": ["a"], "config": {"shards": 6000, "items": 6000, "work_iters": 300, "seed": 2}},
+  {"id": "a", "kind": "synthetic", "config": {"shards": 6000, "items": 6000, "work_iters": 1500, "seed": 1}},
+  {"id": "b", "kind": "synthetic", "dependencies": ["a"], "config": {"shards": 6000, "items": 6000, "work_iters": 1500, "seed": 2}},
   {"id": "c", "kind": "synthetic", "dependencies": ["b"], "config": {"shards": 100, "work_iters": 10, "seed": 3}}]}"#;
 
 struct Rng(u64);
@@ -27,12 +27,19 @@ impl Rng {
     }
 }
 
-fn uninterrupted_root() -> String {
+/// The root of an uninterrupted run, and how long the run took (kills are
+/// timed as fractions of it, so they land mid-run on any machine).
+fn uninterrupted_root() -> (String, Duration) {
     let sandbox = Sandbox::new();
     let plan = sandbox.plan("crashy.json", PLAN);
+    let started = Instant::now();
     let output = sandbox.run(&["run", "--json", plan.to_str().unwrap()]);
+    let took = started.elapsed();
     assert_code(&output, 0);
-    json(&output)["merkle_root"].as_str().unwrap().to_string()
+    (
+        json(&output)["merkle_root"].as_str().unwrap().to_string(),
+        took,
+    )
 }
 
 /// Starts `args`, kills it after `delay`, returns whether it was still
@@ -80,22 +87,23 @@ fn assert_recorded_once(sandbox: &Sandbox) {
     );
 }
 
-fn iteration(rng: &mut Rng, expected_root: &str) {
+/// A random moment between 5% and 95% of `run`.
+fn moment(rng: &mut Rng, run: Duration) -> Duration {
+    run.mul_f64(0.05 + (rng.next() % 900) as f64 / 1000.0)
+}
+
+/// One kill-and-resume iteration; returns how many kills landed mid-run.
+fn iteration(rng: &mut Rng, expected_root: &str, run: Duration) -> u32 {
     let sandbox = Sandbox::new();
     let plan = sandbox.plan("crashy.json", PLAN);
     let plan = plan.to_str().unwrap().to_string();
     let mut kills = 0;
-    let first_delay = Duration::from_millis(100 + rng.next() % 1500);
-    if kill_after(&sandbox, &["run", &plan], first_delay) {
+    if kill_after(&sandbox, &["run", &plan], moment(rng, run)) {
         kills += 1;
     }
     // Kill some resumes too, then let one finish.
     for _ in 0..(rng.next() % 3) {
-        if kill_after(
-            &sandbox,
-            &["resume"],
-            Duration::from_millis(50 + rng.next() % 800),
-        ) {
+        if kill_after(&sandbox, &["resume"], moment(rng, run)) {
             kills += 1;
         }
     }
@@ -114,11 +122,12 @@ fn iteration(rng: &mut Rng, expected_root: &str) {
     };
     assert_eq!(root, expected_root, "after {kills} kills");
     assert_recorded_once(&sandbox);
+    kills
 }
 
 #[test]
 fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_root() {
-    let expected = uninterrupted_root();
+    let (expected, run) = uninterrupted_root();
     let slow = std::env::var("HXO_SLOW_TESTS").as_deref() == Ok("1");
     let iterations: u64 = if slow {
         std::env::var("HXO_CRASH_ITERATIONS")
@@ -135,7 +144,14 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_root() {
         | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
+    let mut landed = 0;
     for _ in 0..iterations {
-        iteration(&mut rng, &expected);
+        landed += iteration(&mut rng, &expected, run);
     }
+    // Kills are timed within the run, so most land mid-run; a test whose
+    // kills all came too late would test nothing.
+    assert!(
+        landed >= 1,
+        "no kill landed mid-run in {iterations} iterations (run took {run:?})"
+    );
 }
