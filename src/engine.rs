@@ -56,13 +56,18 @@ pub enum EngineError {
     },
     #[error("plan {0} is running")]
     Running(String),
+    #[error("plan {plan_id} cannot be certified: {detail}")]
+    Uncertifiable { plan_id: String, detail: String },
 }
 
 impl EngineError {
     /// Whether the caller asked for something invalid (as opposed to the
     /// engine or the disk failing).
     pub fn is_usage(&self) -> bool {
-        !matches!(self, EngineError::Store(_))
+        !matches!(
+            self,
+            EngineError::Store(_) | EngineError::Uncertifiable { .. }
+        )
     }
 }
 
@@ -264,14 +269,25 @@ impl Engine {
     /// Publishes a plan-level event, or writes it straight to the log when
     /// the bus is disabled, so that the log keeps it either way.
     fn durable_plan_event(&self, data: serde_json::Value) -> Result<(), EngineError> {
+        self.durable_event(events::PLAN, data)
+    }
+
+    /// Publishes a durable event; with `GENESIS_MODE=disabled` nothing is
+    /// published but the record still goes to the log, because the store's
+    /// state (certifications, rehydrations, created plans) is read from it.
+    fn durable_event(
+        &self,
+        topic: &'static str,
+        data: serde_json::Value,
+    ) -> Result<(), EngineError> {
         if self.bus.is_enabled() {
-            self.bus.publish(events::PLAN, data);
+            self.bus.publish(topic, data);
             return Ok(());
         }
         let position = self.store.submit(vec![Record::Event {
             seq: 0,
             at_ms: events::now_ms(),
-            topic: events::PLAN.to_string(),
+            topic: topic.to_string(),
             payload_json: data.to_string(),
         }])?;
         self.store.wait_durable(position)?;
@@ -468,9 +484,9 @@ impl Engine {
         );
         for (index, stage) in dag.stages.iter().enumerate() {
             self.bus.publish(
-                events::PLAN,
+                events::SHARD_CREATED,
                 json!({"plan_id": plan_text, "stage_id": compiled.plan.stages[index].id,
-                       "event": "stage.created", "shards": stage.shard_count}),
+                       "shards": stage.shard_count, "first_leaf": stage.first_leaf}),
             );
         }
 
@@ -527,12 +543,44 @@ impl Engine {
                 .map(|s| (s.id.clone(), s.slo_ms))
                 .collect();
             let plan_text = plan_text.clone();
+            let control = control.clone();
+            // Shards with an outcome before this run count towards their
+            // stage, or a mostly-reused stage would look late forever.
+            let settled: Vec<u64> = dag
+                .stages
+                .iter()
+                .map(|stage| {
+                    stage
+                        .leaves()
+                        .filter(|leaf| input.initial[*leaf as usize] != Initial::Pending)
+                        .count() as u64
+                })
+                .collect();
             std::thread::Builder::new()
                 .name("hxo-collector".into())
-                .spawn(move || collect(receiver, &store, &bus, &dag, plan_id, &plan_text, &slos))
+                .spawn(move || {
+                    let context = CollectContext {
+                        store: &store,
+                        bus: &bus,
+                        dag: &dag,
+                        plan_id,
+                        plan_text: &plan_text,
+                        slos: &slos,
+                        control: &control,
+                    };
+                    collect(receiver, context, settled)
+                })
                 .expect("spawning the collector thread")
         };
         let done_flag = std::sync::atomic::AtomicBool::new(false);
+        /// Raises the flag however the scope is left, a panic included, so
+        /// the progress thread always ends.
+        struct RaiseOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for RaiseOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         std::thread::scope(|scope| {
             if let Some(progress) = progress {
                 let entry = entry.clone();
@@ -552,8 +600,8 @@ impl Engine {
                     }
                 });
             }
+            let _raise = RaiseOnDrop(&done_flag);
             scheduler::run(input, options, control.clone(), sender);
-            done_flag.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         let position = collector
             .join()
@@ -632,6 +680,14 @@ impl Engine {
         // is what certification means); a partial one from memory.
         let (root, certification) = if all_done {
             let certification = self.certify(plan_id, tree_size)?;
+            if !certification.log_complete {
+                // Memory says every shard is done but the log files do not:
+                // a bug or tampering. Record no root rather than a wrong one.
+                return Err(EngineError::Uncertifiable {
+                    plan_id: plan_text,
+                    detail: certification.detail,
+                });
+            }
             (certification.root, Some(certification))
         } else {
             let leaves = leaf_hashes(&entry.record.lock().unwrap_or_else(|e| e.into_inner()));
@@ -646,13 +702,15 @@ impl Engine {
             json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size, "complete": all_done}),
         );
         if let Some(certification) = &certification {
-            self.bus.publish(
+            // Durable even with the bus disabled: the store reads
+            // `truth_certified` from this event.
+            self.durable_event(
                 events::AGGREGATE_CERTIFY,
                 json!({"plan_id": plan_text, "root": to_hex(&root), "tree_size": tree_size,
                        "truth_certified": certification.certified,
                        "proofs_checked": certification.proofs_checked,
                        "detail": certification.detail}),
-            );
+            )?;
         }
         let position = self.store.submit(vec![Record::PlanFinished {
             plan_id: *plan_id,
@@ -696,6 +754,7 @@ impl Engine {
         }
         Ok(Certification {
             certified: true,
+            log_complete: true,
             root,
             proofs_checked: sample.len(),
             detail: format!(
@@ -977,18 +1036,7 @@ impl Engine {
     /// Notes a resume (rehydration) in the log, as a durable `hxo.plan`
     /// event, written directly when the bus is disabled.
     pub fn note_resume(&self, plan_id: &PlanId) -> Result<(), EngineError> {
-        let data = json!({"plan_id": plan_id_text(plan_id), "status": "rehydrated"});
-        if self.bus.is_enabled() {
-            self.bus.publish(events::PLAN, data);
-        } else {
-            self.store.submit(vec![Record::Event {
-                seq: 0,
-                at_ms: events::now_ms(),
-                topic: events::PLAN.to_string(),
-                payload_json: data.to_string(),
-            }])?;
-        }
-        Ok(())
+        self.durable_plan_event(json!({"plan_id": plan_id_text(plan_id), "status": "rehydrated"}))
     }
 
     /// Plans that are neither finished nor aborted (the rehydrator's list).
@@ -1013,6 +1061,8 @@ impl Engine {
 #[derive(Clone, Debug)]
 pub struct Certification {
     pub certified: bool,
+    /// The log files hold a result for every shard.
+    pub log_complete: bool,
     /// The root recomputed from the log files (zero when they lack results).
     pub root: Hash,
     pub proofs_checked: usize,
@@ -1023,6 +1073,7 @@ impl Certification {
     fn failed(detail: &str) -> Certification {
         Certification {
             certified: false,
+            log_complete: true,
             root: [0; 32],
             proofs_checked: 0,
             detail: detail.to_string(),
@@ -1250,19 +1301,35 @@ fn publish_shard_events(bus: &Bus, records: &[Record]) {
 /// The collector: turns outcomes into log records (one batch per received
 /// batch; the writer merges them into group commits), and watches stage
 /// SLOs. Returns the store position of its last submission.
+/// What the collector works with.
+struct CollectContext<'a> {
+    store: &'a Store,
+    bus: &'a Bus,
+    dag: &'a Dag,
+    plan_id: PlanId,
+    plan_text: &'a str,
+    slos: &'a [(String, u64)],
+    control: &'a Control,
+}
+
 fn collect(
     receiver: crossbeam_channel::Receiver<Vec<scheduler::Outcome>>,
-    store: &Store,
-    bus: &Bus,
-    dag: &Dag,
-    plan_id: PlanId,
-    plan_text: &str,
-    slos: &[(String, u64)],
+    context: CollectContext<'_>,
+    settled: Vec<u64>,
 ) -> Result<u64, StoreError> {
+    let CollectContext {
+        store,
+        bus,
+        dag,
+        plan_id,
+        plan_text,
+        slos,
+        control,
+    } = context;
     let mut position = 0;
     let stage_count = dag.stages.len();
     let mut stage_started: Vec<Option<Instant>> = vec![None; stage_count];
-    let mut stage_outcomes = vec![0u64; stage_count];
+    let mut stage_outcomes = settled;
     let mut alerted = vec![false; stage_count];
     let mut split_signalled = vec![false; stage_count];
     let mut failure: Option<StoreError> = None;
@@ -1333,9 +1400,14 @@ fn collect(
         if !records.is_empty() && failure.is_none() {
             match store.submit(records) {
                 Ok(p) => position = p,
-                // Keep draining so the workers never block on a dead
-                // collector; the error ends the run afterwards.
-                Err(error) => failure = Some(error),
+                // Nothing more can be recorded: stop the run now (running
+                // more shards would only repeat side effects nobody can
+                // record), keep draining so no worker blocks, and end with
+                // the error.
+                Err(error) => {
+                    control.stop(StopReason::Interrupted);
+                    failure = Some(error);
+                }
             }
         }
         check_slos(

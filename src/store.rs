@@ -542,6 +542,11 @@ pub struct Store {
     writer: Mutex<Option<(log::Writer, u64)>>,
     /// Applies durable batches to the index; ends when the writer does.
     applier: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer's failure, readable without the `writer` lock (which a
+    /// submit blocked on a full queue holds).
+    writer_failed: Arc<std::sync::OnceLock<Arc<LogError>>>,
+    /// False once the applier thread has ended (or died).
+    applier_alive: Arc<std::sync::atomic::AtomicBool>,
     durability: Arc<Durability>,
     listener: Arc<RwLock<Option<Listener>>>,
     /// Read damaged stores past their damage (`--salvage`).
@@ -570,9 +575,20 @@ impl Store {
         // slows the writer rather than queueing without limit.
         let (applied_tx, applied_rx) =
             crossbeam_channel::bounded::<Vec<Record>>(crate::limits::APPLY_QUEUE_BATCHES_MAX);
+        let applier_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let alive = applier_alive.clone();
         let applier = std::thread::Builder::new()
             .name("hxo-applier".into())
             .spawn(move || {
+                /// Lowers the flag however the thread ends, a panic included,
+                /// so that waiters report it instead of waiting forever.
+                struct Lower(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for Lower {
+                    fn drop(&mut self) {
+                        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _lower = Lower(alive);
                 for records in applied_rx {
                     {
                         let mut index = sink.write().unwrap_or_else(|e| e.into_inner());
@@ -606,11 +622,14 @@ impl Store {
                 let _ = applied_tx.send(records);
             }),
         )?;
+        let writer_failed = writer.failure_handle();
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
             writer: Mutex::new(Some((writer, 0))),
             applier: Mutex::new(Some(applier)),
+            writer_failed,
+            applier_alive,
             durability,
             listener,
             salvage,
@@ -628,6 +647,8 @@ impl Store {
             index: Arc::new(RwLock::new(index)),
             writer: Mutex::new(None),
             applier: Mutex::new(None),
+            writer_failed: Arc::new(std::sync::OnceLock::new()),
+            applier_alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             durability: Arc::new(Durability::default()),
             listener: Arc::new(RwLock::new(None)),
             salvage,
@@ -685,15 +706,28 @@ impl Store {
         *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
-    /// Why the writer stopped, if it did.
+    /// Why the writer (or the thread applying its batches) stopped, if it
+    /// did. Takes no lock a blocked submit may hold.
     pub fn writer_failure(&self) -> Option<String> {
-        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().and_then(|(writer, _)| writer.failure())
+        if let Some(cause) = self.writer_failed.get() {
+            return Some(cause.to_string());
+        }
+        if !self.applier_alive.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some("the thread applying durable records to the index stopped".into());
+        }
+        None
     }
 
+    /// Batches waiting for the log writer. A submit blocked on a full queue
+    /// holds the writer lock, so a busy lock reads as a full queue.
     pub fn queue_depth(&self) -> usize {
-        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map_or(0, |(w, _)| w.queue_depth())
+        match self.writer.try_lock() {
+            Ok(guard) => guard.as_ref().map_or(0, |(w, _)| w.queue_depth()),
+            Err(std::sync::TryLockError::WouldBlock) => crate::limits::LOG_QUEUE_BATCHES_MAX,
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                e.into_inner().as_ref().map_or(0, |(w, _)| w.queue_depth())
+            }
+        }
     }
 
     pub fn plan(&self, plan_id: &PlanId) -> Option<Arc<PlanEntry>> {
@@ -877,5 +911,65 @@ impl Store {
         for event in lock_read(&self.index).events.iter() {
             bus.restore(event.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    fn event(seq: u64) -> Record {
+        Record::Event {
+            seq,
+            at_ms: 0,
+            topic: "hxo.audit".into(),
+            payload_json: "{}".into(),
+        }
+    }
+
+    /// A waiter must not deadlock against a submit blocked on a full writer
+    /// queue (the blocked submit holds the writer lock; the waiter used to
+    /// take it while holding the durability lock the applier needs).
+    #[test]
+    fn wait_durable_does_not_deadlock_with_a_blocked_submit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            sync_commits: false,
+            ..LogOptions::default()
+        };
+        let store = Arc::new(Store::open(dir.path(), options).unwrap());
+        // A slow applier fills the apply queue and then the writer queue.
+        store.set_listener(Box::new(|_| std::thread::sleep(Duration::from_millis(2))));
+        let done = Arc::new(AtomicBool::new(false));
+        let (producer_store, producer_done) = (store.clone(), done.clone());
+        let producer = std::thread::spawn(move || {
+            let mut seq = 0;
+            while !producer_done.load(Ordering::Relaxed) {
+                producer_store.submit(vec![event(seq)]).unwrap();
+                seq += 1;
+            }
+        });
+        let (waiter_store, waiter_done) = (store.clone(), done.clone());
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                let position = waiter_store.submit(vec![event(0)]).unwrap();
+                waiter_store.wait_durable(position).unwrap();
+            }
+            waiter_done.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        while !waiter.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "wait_durable deadlocked"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        waiter.join().unwrap();
+        producer.join().unwrap();
+        store.close().unwrap();
     }
 }

@@ -400,8 +400,27 @@ pub fn deploy_plan(stages: &[String], database: Option<&Path>) -> Result<PlanSpe
 fn resume(global: &GlobalArgs, plan_id: Option<&str>) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
     let targets = match plan_id {
-        Some(text) => vec![engine.find(text)?],
-        None => engine.incomplete_plans(),
+        Some(text) => {
+            let plan_id = engine.find(text)?;
+            let report = engine.report(&plan_id)?;
+            if report.status != "incomplete" {
+                engine.close()?;
+                return Err(engine::EngineError::WrongState {
+                    plan_id: report.plan_id,
+                    status: report.status,
+                    action: "resume",
+                }
+                .into());
+            }
+            vec![plan_id]
+        }
+        // Like the server's rehydrator: plans created over HTTP and never
+        // submitted are not started.
+        None => engine
+            .incomplete_plans()
+            .into_iter()
+            .filter(|id| engine.is_submitted(id))
+            .collect(),
     };
     if targets.is_empty() {
         eprintln!("hxo: no incomplete plans");

@@ -32,7 +32,9 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Returns `Err(Cancelled)` once the shard's token is cancelled.
 pub fn check_cancel(ctx: &ShardContext<'_>) -> Result<(), ExecError> {
-    if ctx.cancel.is_cancelled() {
+    if ctx.cancel.timed_out() {
+        Err(ExecError::TimedOut)
+    } else if ctx.cancel.is_cancelled() {
         Err(ExecError::Cancelled)
     } else {
         Ok(())

@@ -118,7 +118,7 @@ impl From<EngineError> for ApiError {
             EngineError::InputsChanged { .. }
             | EngineError::WrongState { .. }
             | EngineError::Running(_) => ApiError::new(409, error.to_string()),
-            EngineError::Store(_) => {
+            EngineError::Store(_) | EngineError::Uncertifiable { .. } => {
                 tracing::error!("http: {error}");
                 ApiError::new(500, error.to_string())
             }

@@ -169,6 +169,12 @@ impl Writer {
         })
     }
 
+    /// A handle on the writer's failure that can be read without this
+    /// `Writer` (so without whatever lock guards it).
+    pub fn failure_handle(&self) -> Arc<OnceLock<Arc<LogError>>> {
+        Arc::clone(&self.failure)
+    }
+
     /// Why the writer stopped, if it did.
     pub fn failure(&self) -> Option<String> {
         self.failure.get().map(|cause| cause.to_string())

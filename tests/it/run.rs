@@ -370,3 +370,21 @@ fn hot_shards_split_and_the_root_does_not_change() {
     assert!(splits > 0, "no shard split");
     assert_eq!(pieces, splits * 4);
 }
+
+#[test]
+fn with_genesis_disabled_nothing_is_published_but_roots_are_still_certified() {
+    let sandbox = Sandbox::new();
+    let plan = crate::support::fixture("plans/valid/pipeline.json");
+    let output = sandbox.run_env(
+        &["run", "--json", plan.to_str().unwrap()],
+        &[("GENESIS_MODE", "disabled")],
+    );
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["truth_certified"], true);
+    let status = json(&sandbox.run(&["status", "--json", report["plan_id"].as_str().unwrap()]));
+    assert_eq!(status["truth_certified"], true);
+    // Only the certification record reached the log; no plan events.
+    let events = stdout(&sandbox.run(&["events", "--json"]));
+    assert!(!events.contains("\"hxo.plan\""), "{events}");
+}
