@@ -20,7 +20,7 @@ use crate::log::{PlanId, Record};
 use crate::merkle;
 use crate::partition::{self, PartitionError};
 use crate::plan::{
-    Manifest, ManifestStage, Plan, PlanDefaults, PlanError, PlanSpec, MANIFEST_FORMAT,
+    Manifest, ManifestStage, Plan, PlanDefaults, PlanError, PlanSpec, WorkerSlice, MANIFEST_FORMAT,
 };
 use crate::report::{self, Live, Report};
 use crate::settings::Settings;
@@ -56,6 +56,8 @@ pub enum EngineError {
     },
     #[error("plan {0} is running")]
     Running(String),
+    #[error("merge: {0}")]
+    Merge(String),
     #[error("plan {plan_id} cannot be certified: {detail}")]
     Uncertifiable { plan_id: String, detail: String },
 }
@@ -77,6 +79,8 @@ pub struct Compiled {
     pub dag: Arc<Dag>,
     pub executors: Vec<Arc<dyn Executor>>,
     pub base_dir: PathBuf,
+    /// Run only this worker's slice (DESIGN section 10); `None`: all.
+    pub worker: Option<WorkerSlice>,
 }
 
 /// How a run ended.
@@ -426,12 +430,26 @@ impl Engine {
         // Initial states from the log, then reuse by cas_id.
         let mut initial = Vec::with_capacity(dag.shard_count());
         let mut need_reuse = false;
+        let worker = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .manifest
+            .worker;
         {
             let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             for (leaf, slot) in plan.shards.iter_mut().enumerate() {
+                let theirs = worker.is_some_and(|worker| {
+                    let stage = &dag.stages[dag.stage_of(LeafIndex(leaf as u32))];
+                    !worker.owns(leaf as u64 - stage.first_leaf as u64)
+                });
                 initial.push(match slot.state {
                     SlotState::Done => Initial::Done,
                     SlotState::Failed | SlotState::Aborted => Initial::Failed,
+                    // Another worker's shard: it neither runs nor blocks
+                    // anything here, and nothing is recorded for it (its
+                    // worker's log has it; `hxo merge` unions them).
+                    SlotState::Pending if theirs => Initial::Done,
                     SlotState::Pending => {
                         slot.cas_id = *dag.cas_id(LeafIndex(leaf as u32));
                         need_reuse = true;
@@ -633,6 +651,16 @@ impl Engine {
             Some(StopReason::Timeboxed) => {
                 self.record_abort(&plan_id, "engine", "timebox exceeded")?;
                 RunEnd::Aborted
+            }
+            // A worker's slice has no root of its own: `hxo merge` computes
+            // the plan's from every worker's log.
+            None if worker.is_some() => {
+                let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+                if plan.counts().failed + plan.counts().aborted == 0 {
+                    RunEnd::Succeeded
+                } else {
+                    RunEnd::Failed
+                }
             }
             None => {
                 let all_done = self.finish(&plan_id, &entry)?;
@@ -1039,6 +1067,119 @@ impl Engine {
         self.durable_plan_event(json!({"plan_id": plan_id_text(plan_id), "status": "rehydrated"}))
     }
 
+    /// The merge step of an indexed job (DESIGN section 10): unions the
+    /// results that the workers of one plan recorded in their own stores
+    /// (`worker_dirs`), records them in this store as one plan, and
+    /// aggregates and certifies it: the root is the one a single machine
+    /// would have computed. Every shard must have a result in some worker's
+    /// log, and workers that ran the same shard must agree on its digest.
+    pub fn merge(&self, worker_dirs: &[PathBuf], merged_by: &str) -> Result<PlanId, EngineError> {
+        let merge_error = |message: String| EngineError::Merge(message);
+        let mut manifest: Option<Manifest> = None;
+        let mut results: Vec<Option<(Hash, Hash, u32, u64)>> = Vec::new();
+        for dir in worker_dirs {
+            let store = Store::open_read_only(dir, false)?;
+            let workers: Vec<_> = store
+                .plans()
+                .into_iter()
+                .filter(|entry| {
+                    entry
+                        .record
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .manifest
+                        .worker
+                        .is_some()
+                })
+                .collect();
+            let [entry] = workers.as_slice() else {
+                return Err(merge_error(format!(
+                    "{}: expected the log of one worker run, found {} worker plans",
+                    dir.display(),
+                    workers.len()
+                )));
+            };
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            match &manifest {
+                None => {
+                    manifest = Some(plan.manifest.clone());
+                    results = vec![None; plan.shard_count() as usize];
+                }
+                Some(first) if first.dag_digest != plan.manifest.dag_digest => {
+                    return Err(merge_error(format!(
+                        "{}: a different plan (DAG digest {} is not {})",
+                        dir.display(),
+                        plan.manifest.dag_digest,
+                        first.dag_digest
+                    )));
+                }
+                Some(_) => {}
+            }
+            for (leaf, slot) in plan.shards.iter().enumerate() {
+                if slot.state != SlotState::Done {
+                    continue;
+                }
+                let result = (
+                    slot.cas_id,
+                    slot.output_digest,
+                    slot.attempts,
+                    slot.duration_us,
+                );
+                match results[leaf] {
+                    Some((_, digest, _, _)) if digest != slot.output_digest => {
+                        return Err(merge_error(format!(
+                            "shard {leaf} ({}) has different output digests in different workers' logs: its executor is not deterministic",
+                            to_hex(&slot.cas_id)
+                        )));
+                    }
+                    Some(_) => {}
+                    None => results[leaf] = Some(result),
+                }
+            }
+        }
+        let Some(mut manifest) = manifest else {
+            return Err(merge_error("no worker logs given".into()));
+        };
+        let missing = results.iter().filter(|r| r.is_none()).count();
+        if missing > 0 {
+            return Err(merge_error(format!(
+                "{missing} of {} shards have no result in the given worker logs (a worker missing or unfinished?)",
+                results.len()
+            )));
+        }
+        manifest.worker = None;
+        manifest.submitted_by = merged_by.to_string();
+        let plan_id = *uuid::Uuid::new_v4().as_bytes();
+        let mut records = vec![Record::PlanAccepted {
+            plan_id,
+            accepted_at_ms: events::now_ms(),
+            shard_count: results.len() as u64,
+            manifest_json: manifest.to_json(),
+        }];
+        let mut position = 0;
+        for (leaf, result) in results.into_iter().enumerate() {
+            let (cas_id, output_digest, attempts, duration_us) = result.expect("checked above");
+            records.push(Record::ShardDone {
+                plan_id,
+                leaf_index: leaf as u64,
+                cas_id,
+                output_digest,
+                attempts,
+                duration_us,
+            });
+            if records.len() == crate::limits::COMMIT_RECORDS_MAX {
+                position = self.store.submit(std::mem::take(&mut records))?;
+            }
+        }
+        if !records.is_empty() {
+            position = self.store.submit(records)?;
+        }
+        self.store.wait_durable(position)?;
+        let entry = self.entry(&plan_id)?;
+        self.finish(&plan_id, &entry)?;
+        Ok(plan_id)
+    }
+
     /// Plans that are neither finished nor aborted (the rehydrator's list).
     pub fn incomplete_plans(&self) -> Vec<PlanId> {
         self.store
@@ -1218,6 +1359,7 @@ pub fn compile(
         dag: Arc::new(dag),
         executors,
         base_dir,
+        worker: None,
     })
 }
 
@@ -1243,6 +1385,7 @@ fn manifest_of(compiled: &Compiled, submitted_by: &str, dry_run: bool) -> Manife
         dag_digest: to_hex(&compiled.dag.dag_digest),
         submitted_by: submitted_by.to_string(),
         dry_run,
+        worker: compiled.worker,
     }
 }
 

@@ -26,7 +26,8 @@
 //! - [`cli`], [`http`]: the front-ends.
 //!
 //! Deliberately absent: any home-made clustering (workers are indexed jobs
-//! of Kubernetes or Slurm), and claimed/running states in the log.
+//! of Kubernetes or Slurm, each with its own store, unioned by
+//! `Engine::merge`), and claimed/running states in the log.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -95,14 +95,25 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Run {
             plan: Some(path),
             dry_run,
+            worker_count,
+            worker_index,
         } => {
             let (spec, base_dir) = read_plan(&path)?;
-            run_new(global, spec, &base_dir, dry_run)
+            let worker =
+                worker_slice(worker_count, worker_index, &|name| std::env::var(name).ok())?;
+            run_plan(global, spec, &base_dir, dry_run, worker)
         }
         Command::Run {
             plan: None,
+            worker_count: Some(_),
+            ..
+        } => Err(CliError::Usage("--worker-count needs a plan file".into())),
+        Command::Run {
+            plan: None,
             dry_run,
+            ..
         } => run_demo(global, dry_run),
+        Command::Merge { workers } => merge(global, &workers),
         Command::Plan(PlanCommand::Validate { plan }) => validate(global, &plan),
         Command::Plan(PlanCommand::Explain { plan }) => explain(global, &plan),
         Command::Deploy {
@@ -195,8 +206,60 @@ fn run_new(
     base_dir: &Path,
     dry_run: bool,
 ) -> Result<u8, CliError> {
+    run_plan(global, spec, base_dir, dry_run, None)
+}
+
+/// The worker slice from `--worker-count` and `--worker-index`, the index
+/// defaulting to what the job engine hands its workers.
+fn worker_slice(
+    count: Option<u32>,
+    index: Option<u32>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::plan::WorkerSlice>, CliError> {
+    let Some(count) = count else {
+        return Ok(None);
+    };
+    if count == 0 {
+        return Err(CliError::Usage("--worker-count must be at least 1".into()));
+    }
+    let index = match index {
+        Some(index) => index,
+        None => {
+            let found = [
+                "JOB_COMPLETION_INDEX",
+                "SLURM_ARRAY_TASK_ID",
+                "AWS_BATCH_JOB_ARRAY_INDEX",
+            ]
+            .iter()
+            .find_map(|name| env(name).map(|value| (*name, value)));
+            let Some((name, value)) = found else {
+                return Err(CliError::Usage(
+                    "--worker-count: no --worker-index, and none of JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX is set".into(),
+                ));
+            };
+            value.trim().parse().map_err(|_| {
+                CliError::Usage(format!("{name}={value:?}: expected a whole number"))
+            })?
+        }
+    };
+    if index >= count {
+        return Err(CliError::Usage(format!(
+            "worker index {index} is not below the worker count {count}"
+        )));
+    }
+    Ok(Some(crate::plan::WorkerSlice { index, count }))
+}
+
+fn run_plan(
+    global: &GlobalArgs,
+    spec: PlanSpec,
+    base_dir: &Path,
+    dry_run: bool,
+    worker: Option<crate::plan::WorkerSlice>,
+) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
-    let compiled = engine.compile(spec, base_dir)?;
+    let mut compiled = engine.compile(spec, base_dir)?;
+    compiled.worker = worker;
     let plan_id = engine.accept(&compiled, &whoami(), dry_run)?;
     tracing::info!(plan_id = %plan_id_text(&plan_id), shards = compiled.dag.shard_count(), "plan accepted");
     let summary = execute(&engine, plan_id, &compiled);
@@ -611,6 +674,24 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
     }
     emit(&out)?;
     Ok(exit::SUCCESS)
+}
+
+fn merge(global: &GlobalArgs, workers: &[PathBuf]) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    let result = engine.merge(workers, &whoami());
+    let report = result.and_then(|plan_id| engine.report(&plan_id));
+    engine.close()?;
+    let report = report?;
+    if global.json {
+        emit_json(&report)?;
+    } else {
+        emit(&report.render())?;
+    }
+    Ok(if report.truth_certified {
+        exit::SUCCESS
+    } else {
+        exit::VERIFY_FAILED
+    })
 }
 
 fn gc(global: &GlobalArgs) -> Result<u8, CliError> {

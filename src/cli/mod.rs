@@ -133,6 +133,14 @@ pub enum Command {
         /// Execute every batch and roll it back (kinds that require it)
         #[arg(long)]
         dry_run: bool,
+        /// Run one worker's slice of an indexed job of this many workers
+        /// (then `hxo merge` the workers' stores)
+        #[arg(long, value_name = "N")]
+        worker_count: Option<u32>,
+        /// This worker's index [default: JOB_COMPLETION_INDEX,
+        /// SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX]
+        #[arg(long, value_name = "I", requires = "worker_count")]
+        worker_index: Option<u32>,
     },
     /// Check or explain a plan without running it
     #[command(subcommand)]
@@ -186,6 +194,13 @@ pub enum Command {
         /// resolve against (they may not escape it)
         #[arg(long, default_value = ".", value_name = "DIR")]
         root: PathBuf,
+    },
+    /// Union the stores of an indexed job's workers into this store as one
+    /// plan, and aggregate and certify it
+    Merge {
+        /// The workers' checkpoint stores (their HXO_DB_PATH)
+        #[arg(required = true)]
+        workers: Vec<PathBuf>,
     },
     /// Compact the checkpoint log: keep the latest outcome per shard
     Gc,

@@ -116,6 +116,7 @@ impl From<EngineError> for ApiError {
                 ApiError::new(404, error.to_string())
             }
             EngineError::InputsChanged { .. }
+            | EngineError::Merge(_)
             | EngineError::WrongState { .. }
             | EngineError::Running(_) => ApiError::new(409, error.to_string()),
             EngineError::Store(_) | EngineError::Uncertifiable { .. } => {

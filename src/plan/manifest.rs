@@ -22,6 +22,27 @@ pub struct Manifest {
     pub dag_digest: String,
     pub submitted_by: String,
     pub dry_run: bool,
+    /// Set when this store runs one worker's slice of the plan (DESIGN
+    /// section 10): the other shards belong to other workers' logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerSlice>,
+}
+
+/// One worker of an indexed job (a Kubernetes Indexed Job, a Slurm or AWS
+/// Batch array): worker `index` of `count` runs shard k of every stage when
+/// `k % count == index`. Slicing by position within the stage keeps
+/// pipelined shard chains (k -> k) on one worker.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerSlice {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl WorkerSlice {
+    /// Whether the shard at `position` within its stage is this worker's.
+    pub fn owns(&self, position: u64) -> bool {
+        position % self.count as u64 == self.index as u64
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

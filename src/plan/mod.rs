@@ -18,7 +18,7 @@ mod manifest;
 mod spec;
 
 pub use kinds::{kind_names, Blueprint, ExecutorKind, PartitionerKind, SchedulerKind, BLUEPRINTS};
-pub use manifest::{Manifest, ManifestStage, MANIFEST_FORMAT};
+pub use manifest::{Manifest, ManifestStage, WorkerSlice, MANIFEST_FORMAT};
 pub use spec::{ConstraintsSpec, PlanSpec, StageSpec};
 
 use serde_json::{Map, Value};

@@ -9,3 +9,4 @@ mod merkle;
 mod plans;
 mod run;
 mod support;
+mod workers;

@@ -37,7 +37,15 @@ impl Sandbox {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hxo"));
         for (name, _) in std::env::vars() {
-            if name.starts_with("HXO_") || name == "GENESIS_MODE" {
+            if name.starts_with("HXO_")
+                || matches!(
+                    name.as_str(),
+                    "GENESIS_MODE"
+                        | "JOB_COMPLETION_INDEX"
+                        | "SLURM_ARRAY_TASK_ID"
+                        | "AWS_BATCH_JOB_ARRAY_INDEX"
+                )
+            {
                 command.env_remove(name);
             }
         }

@@ -1,0 +1,93 @@
+//! Beyond one machine (DESIGN section 10): the workers of an indexed job
+//! each run their slice into their own store; `hxo merge` unions the stores
+//! and certifies the root a single machine would have computed.
+
+use crate::support::*;
+
+#[test]
+fn three_workers_merged_give_the_single_machine_root() {
+    let plan = fixture("plans/valid/pipeline.json");
+    let plan = plan.to_str().unwrap();
+    let single = Sandbox::new();
+    let expected = json(&single.run(&["run", "--json", plan]));
+
+    let workers: Vec<Sandbox> = (0..3).map(|_| Sandbox::new()).collect();
+    let mut done = 0;
+    for (index, worker) in workers.iter().enumerate() {
+        // Worker 2 takes its index from the job engine, like a Kubernetes
+        // Indexed Job's pod.
+        let output = if index == 2 {
+            worker.run_env(
+                &["run", "--json", "--worker-count", "3", plan],
+                &[("JOB_COMPLETION_INDEX", "2")],
+            )
+        } else {
+            worker.run(&[
+                "run",
+                "--json",
+                "--worker-count",
+                "3",
+                "--worker-index",
+                &index.to_string(),
+                plan,
+            ])
+        };
+        assert_code(&output, 0);
+        let report = json(&output);
+        let worker_done = report["done_shards"].as_u64().unwrap();
+        assert!(
+            worker_done > 0 && worker_done < 136,
+            "worker {index} ran {worker_done}"
+        );
+        assert_eq!(
+            report["merkle_root"],
+            serde_json::Value::Null,
+            "a slice has no root"
+        );
+        done += worker_done;
+    }
+    assert_eq!(done, 136, "the slices cover the plan exactly once");
+
+    let dirs: Vec<String> = workers
+        .iter()
+        .map(|w| w.db().to_string_lossy().into_owned())
+        .collect();
+    let merger = Sandbox::new();
+    let mut args = vec!["merge", "--json"];
+    args.extend(dirs.iter().map(String::as_str));
+    let merged = merger.run(&args);
+    assert_code(&merged, 0);
+    let merged = json(&merged);
+    assert_eq!(merged["merkle_root"], expected["merkle_root"]);
+    assert_eq!(merged["truth_certified"], true);
+    assert_eq!(merged["done_shards"], 136);
+    let verify = merger.run(&["verify", merged["plan_id"].as_str().unwrap()]);
+    assert_code(&verify, 0);
+
+    // A missing worker is a clear error, and nothing is recorded.
+    let partial = Sandbox::new().run(&["merge", &dirs[0], &dirs[1]]);
+    assert_code(&partial, 2);
+    assert!(
+        stderr(&partial).contains("have no result"),
+        "{}",
+        stderr(&partial)
+    );
+}
+
+#[test]
+fn worker_flags_are_checked() {
+    let sandbox = Sandbox::new();
+    let plan = fixture("plans/valid/pipeline.json");
+    let plan = plan.to_str().unwrap();
+    let out_of_range = sandbox.run(&["run", "--worker-count", "3", "--worker-index", "3", plan]);
+    assert_code(&out_of_range, 2);
+    assert!(stderr(&out_of_range).contains("not below the worker count"));
+    let no_index = sandbox.run(&["run", "--worker-count", "3", plan]);
+    assert_code(&no_index, 2);
+    assert!(stderr(&no_index).contains("JOB_COMPLETION_INDEX"));
+    let bad_env = sandbox.run_env(
+        &["run", "--worker-count", "3", plan],
+        &[("SLURM_ARRAY_TASK_ID", "two")],
+    );
+    assert_code(&bad_env, 2);
+}
