@@ -761,35 +761,53 @@ impl Engine {
     /// a sample of inclusion proofs, drawn from a seed fixed by the plan,
     /// against it (DESIGN section 3).
     pub fn certify(&self, plan_id: &PlanId, tree_size: u64) -> Result<Certification, EngineError> {
-        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, tree_size)? else {
-            return Ok(Certification::failed(
-                "not every shard is done in the log files",
-            ));
+        let Some(recomputed) = self.recompute_from_log(plan_id, tree_size)? else {
+            let mut failed = Certification::failed("not every shard is done in the log files");
+            failed.log_complete = false;
+            return Ok(failed);
         };
-        let seed = crate::hash::sha256(plan_id);
-        let sample = sample_indices(&seed, tree_size, crate::limits::CERTIFY_SAMPLE_PROOFS);
-        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
-        let (root, proofs) = merkle::root_with_proofs(leaves, &sample);
-        for (proof, leaf_hash) in proofs.iter().zip(&sampled_leaves) {
-            if !merkle::verify_inclusion(leaf_hash, proof, &root) {
-                let mut failed = Certification::failed(&format!(
-                    "inclusion proof for leaf {} does not verify",
-                    proof.leaf_index
-                ));
-                failed.root = root;
-                return Ok(failed);
-            }
+        let root = recomputed.root;
+        if let Some(leaf) = recomputed.first_failing_proof(&root) {
+            let mut failed =
+                Certification::failed(&format!("inclusion proof for leaf {leaf} does not verify"));
+            failed.root = root;
+            return Ok(failed);
         }
+        let proofs_checked = recomputed.proofs.len();
         Ok(Certification {
             certified: true,
             log_complete: true,
             root,
-            proofs_checked: sample.len(),
+            proofs_checked,
             detail: format!(
-                "root recomputed from the log files; {} inclusion proofs verified",
-                sample.len()
+                "root recomputed from the log files; {proofs_checked} inclusion proofs verified"
             ),
         })
+    }
+
+    /// The root over the plan's leaves as the log files have them, with the
+    /// inclusion proofs of a sample drawn from a seed fixed by the plan;
+    /// `None` unless every shard is done in the files.
+    fn recompute_from_log(
+        &self,
+        plan_id: &PlanId,
+        tree_size: u64,
+    ) -> Result<Option<Recomputed>, EngineError> {
+        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, tree_size)? else {
+            return Ok(None);
+        };
+        let sample = sample_indices(
+            &crate::hash::sha256(plan_id),
+            tree_size,
+            crate::limits::CERTIFY_SAMPLE_PROOFS,
+        );
+        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
+        let (root, proofs) = merkle::root_with_proofs(leaves, &sample);
+        Ok(Some(Recomputed {
+            root,
+            proofs,
+            sampled_leaves,
+        }))
     }
 
     /// The plan's report (live counts if it runs in this process).
@@ -889,7 +907,7 @@ impl Engine {
                 action: "verify",
             });
         };
-        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, finish.tree_size)? else {
+        let Some(recomputed) = self.recompute_from_log(plan_id, finish.tree_size)? else {
             return Ok(Verification {
                 recorded_root: to_hex(&finish.root),
                 recomputed_root: String::new(),
@@ -900,20 +918,11 @@ impl Engine {
                 detail: "not every shard is done in the log files".into(),
             });
         };
-        let sample = sample_indices(
-            &crate::hash::sha256(plan_id),
-            finish.tree_size,
-            crate::limits::CERTIFY_SAMPLE_PROOFS,
-        );
-        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
-        let (recomputed, proofs) = merkle::root_with_proofs(leaves, &sample);
         // Proofs are checked against the *recorded* root: a log that no
         // longer produces it fails them.
-        let proofs_verified = proofs
-            .iter()
-            .zip(&sampled_leaves)
-            .filter(|(proof, leaf)| merkle::verify_inclusion(leaf, proof, &finish.root))
-            .count();
+        let proofs_verified = recomputed.verified_against(&finish.root);
+        let proofs = &recomputed.proofs;
+        let recomputed = recomputed.root;
         let ok = recomputed == finish.root && proofs_verified == proofs.len();
         Ok(Verification {
             recorded_root: to_hex(&finish.root),
@@ -1219,6 +1228,33 @@ impl Certification {
             proofs_checked: 0,
             detail: detail.to_string(),
         }
+    }
+}
+
+/// A root recomputed from the log files, with sampled proofs.
+struct Recomputed {
+    root: Hash,
+    proofs: Vec<merkle::InclusionProof>,
+    /// The leaf hash each proof is for.
+    sampled_leaves: Vec<Hash>,
+}
+
+impl Recomputed {
+    fn verified_against(&self, root: &Hash) -> usize {
+        self.proofs
+            .iter()
+            .zip(&self.sampled_leaves)
+            .filter(|(proof, leaf)| merkle::verify_inclusion(leaf, proof, root))
+            .count()
+    }
+
+    /// The leaf of the first proof that does not verify against `root`.
+    fn first_failing_proof(&self, root: &Hash) -> Option<u64> {
+        self.proofs
+            .iter()
+            .zip(&self.sampled_leaves)
+            .find(|(proof, leaf)| !merkle::verify_inclusion(leaf, proof, root))
+            .map(|(proof, _)| proof.leaf_index)
     }
 }
 
