@@ -198,3 +198,36 @@ fn a_damaged_log_is_reported_with_its_place_and_salvage_goes_on() {
     assert_code(&salvaged, 0);
     assert_eq!(json(&salvaged)["truth_certified"], true);
 }
+
+#[test]
+fn verify_exits_5_when_the_log_no_longer_gives_the_recorded_root() {
+    let sandbox = Sandbox::new();
+    let plan = crate::support::fixture("plans/valid/synthetic.json");
+    let run = json(&sandbox.run(&["run", "--json", plan.to_str().unwrap()]));
+    let plan_id = run["plan_id"].as_str().unwrap().to_string();
+    assert_code(&sandbox.run(&["verify", &plan_id]), 0);
+    // Append, with valid framing, a different result for shard 7: the kind
+    // of change a buggy or tampered writer would make.
+    let lines = stdout(&sandbox.run(&["export", &plan_id]));
+    let line: serde_json::Value = serde_json::from_str(lines.lines().nth(7).unwrap()).unwrap();
+    let cas_id = hxo::hash::from_hex(line["cas_id"].as_str().unwrap()).unwrap();
+    {
+        let (mut log, _) =
+            hxo::log::Log::open(&sandbox.db(), hxo::log::LogOptions::default()).unwrap();
+        log.append(&hxo::log::Record::ShardDone {
+            plan_id: *uuid::Uuid::parse_str(&plan_id).unwrap().as_bytes(),
+            leaf_index: 7,
+            cas_id,
+            output_digest: [0xab; 32],
+            attempts: 1,
+            duration_us: 1,
+        })
+        .unwrap();
+        log.commit().unwrap();
+    }
+    let verify = sandbox.run(&["verify", "--json", &plan_id]);
+    assert_code(&verify, 5);
+    let report = json(&verify);
+    assert_eq!(report["ok"], false);
+    assert_ne!(report["recomputed_root"], report["recorded_root"]);
+}
