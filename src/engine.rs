@@ -403,11 +403,20 @@ impl Engine {
                 },
             );
         }
+        /// Unregisters the run however it ends, a panic included.
+        struct Unregister<'a>(&'a Engine, PlanId);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.1);
+            }
+        }
+        let unregister = Unregister(self, plan_id);
         let result = self.execute_registered(plan_id, compiled, control, progress);
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&plan_id);
+        drop(unregister);
         let end = result?;
         Ok(RunSummary {
             end,
@@ -1076,6 +1085,43 @@ impl Engine {
         self.durable_plan_event(json!({"plan_id": plan_id_text(plan_id), "status": "rehydrated"}))
     }
 
+    /// Whether a plan can run sliced across workers: every worker must be
+    /// able to run its shards without another worker's, so no stage may
+    /// wait at a barrier for a whole upstream stage, or depth by depth.
+    pub fn check_sliceable(compiled: &Compiled) -> Result<(), PlanError> {
+        for (index, (stage, dag_stage)) in compiled
+            .plan
+            .stages
+            .iter()
+            .zip(&compiled.dag.stages)
+            .enumerate()
+        {
+            if dag_stage.chained {
+                return Err(PlanError {
+                    path: format!("stages[{index}].partitioner"),
+                    message: format!(
+                        "stage {} runs depth after depth, which cannot be split across workers (run it with one worker)",
+                        stage.id
+                    ),
+                });
+            }
+            if let Some((up, _)) = dag_stage
+                .upstream
+                .iter()
+                .find(|(_, join)| *join == dag::Join::Barrier)
+            {
+                return Err(PlanError {
+                    path: format!("stages[{index}].dependencies"),
+                    message: format!(
+                        "stage {} waits for all of stage {}, which cannot be split across workers: run one array job per stage, chained by the job engine",
+                        stage.id, compiled.plan.stages[*up].id
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The merge step of an indexed job (DESIGN section 10): unions the
     /// results that the workers of one plan recorded in their own stores
     /// (`worker_dirs`), records them in this store as one plan, and
@@ -1120,6 +1166,24 @@ impl Engine {
                         dir.display(),
                         plan.manifest.dag_digest,
                         first.dag_digest
+                    )));
+                }
+                // A dry run's results are not a real run's (sql_migrate
+                // digests them in another domain): never mix them.
+                Some(first) if first.dry_run != plan.manifest.dry_run => {
+                    return Err(merge_error(format!(
+                        "{}: a {} run, the others are {} runs",
+                        dir.display(),
+                        if plan.manifest.dry_run { "dry" } else { "real" },
+                        if first.dry_run { "dry" } else { "real" }
+                    )));
+                }
+                Some(first)
+                    if first.worker.map(|w| w.count) != plan.manifest.worker.map(|w| w.count) =>
+                {
+                    return Err(merge_error(format!(
+                        "{}: run with a different worker count",
+                        dir.display()
                     )));
                 }
                 Some(_) => {}

@@ -25,6 +25,9 @@ pub const APPLY_QUEUE_BATCHES_MAX: usize = 4;
 /// one group commit anyway.
 pub const LOG_QUEUE_BATCHES_MAX: usize = 128;
 
+/// Plans the server runs at once (each has its own thread pools).
+pub const HTTP_RUNS_MAX: usize = 16;
+
 /// Records the collector appends before one group commit.
 pub const COMMIT_RECORDS_MAX: usize = 65_536;
 

@@ -259,6 +259,9 @@ fn run_plan(
 ) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
     let mut compiled = engine.compile(spec, base_dir)?;
+    if worker.is_some_and(|w| w.count > 1) {
+        Engine::check_sliceable(&compiled)?;
+    }
     compiled.worker = worker;
     let plan_id = engine.accept(&compiled, &whoami(), dry_run)?;
     tracing::info!(plan_id = %plan_id_text(&plan_id), shards = compiled.dag.shard_count(), "plan accepted");

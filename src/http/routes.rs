@@ -129,6 +129,21 @@ impl From<EngineError> for ApiError {
 
 type Outcome = Result<Reply, ApiError>;
 
+/// 503 while the server runs as many plans as it may, before anything is
+/// accepted or changed.
+fn busy(app: &App) -> Result<(), ApiError> {
+    if app.runs.is_full() {
+        return Err(ApiError::new(
+            503,
+            format!(
+                "{} plans are running here already; try again when one ends",
+                crate::limits::HTTP_RUNS_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The route a path and method match.
 enum Lookup<'a> {
     Found(&'static str, Vec<&'a str>),
@@ -395,6 +410,7 @@ fn create(app: &Arc<App>, text: &str, actor: &str, start: bool, dry_run: bool) -
     let name = compiled.plan.name.clone();
     let total = compiled.dag.shard_count();
     let (plan_id, status) = if start {
+        busy(app)?;
         let plan_id = app.engine.accept(&compiled, actor, dry_run)?;
         audit(app, actor, "create-and-submit", &plan_id);
         app.runs.start(plan_id, compiled, "submitted");
@@ -463,6 +479,7 @@ fn submit(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
     }
     let compiled = app.engine.recompile(&plan_id)?;
     app.engine.mark_submitted(&plan_id, actor)?;
+    busy(app)?;
     app.runs.take_created(&plan_id);
     audit(app, actor, "submit", &plan_id);
     let name = compiled.plan.name.clone();
@@ -551,6 +568,7 @@ fn replay(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
             format!("plan {text} was never submitted: submit it instead"),
         ));
     }
+    busy(app)?;
     let compiled = app.engine.recompile(&plan_id)?;
     // Publishes the audit event itself.
     let shards = app.engine.prepare_replay(&plan_id, &compiled, actor)?;

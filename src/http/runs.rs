@@ -76,11 +76,25 @@ impl Runs {
         lock(&self.created).remove(plan_id)
     }
 
+    /// Whether as many plans run here as may (`HTTP_RUNS_MAX`).
+    pub fn is_full(&self) -> bool {
+        lock(&self.active).len() >= crate::limits::HTTP_RUNS_MAX
+    }
+
     /// Starts executing an accepted plan in the background. Returns false
     /// (and starts nothing) if it already runs here.
     pub fn start(self: &Arc<Self>, plan_id: PlanId, compiled: Compiled, why: &'static str) -> bool {
         let mut active = lock(&self.active);
         if active.contains_key(&plan_id) {
+            return false;
+        }
+        // Each run has pools of its own: bound how many run at once.
+        if active.len() >= crate::limits::HTTP_RUNS_MAX {
+            tracing::warn!(
+                "not starting plan {}: {} plans already run here",
+                plan_id_text(&plan_id),
+                active.len()
+            );
             return false;
         }
         let control = Control::new();
@@ -111,6 +125,15 @@ impl Runs {
     }
 
     fn run(&self, plan_id: PlanId, compiled: Compiled, control: Arc<Control>, why: &str) {
+        /// Forgets the run however the thread ends, a panic included, so a
+        /// failed run never stays "running".
+        struct Forget<'a>(&'a Runs, PlanId);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.active).remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, plan_id);
         let text = plan_id_text(&plan_id);
         tracing::info!(plan_id = %text, why, "plan running");
         match self.engine.execute(plan_id, &compiled, control, None) {
@@ -124,8 +147,7 @@ impl Runs {
             }
             Err(error) => tracing::error!(plan_id = %text, "plan run failed: {error}"),
         }
-        // Dropping the handle detaches this (finishing) thread.
-        lock(&self.active).remove(&plan_id);
+        // Dropping the handle (in `_forget`) detaches this finishing thread.
     }
 
     /// Waits until the plan no longer runs here, at most `timeout`.

@@ -4,11 +4,19 @@
 
 use crate::support::*;
 
+/// Two pipelined stages and an independent one: every worker can run its
+/// slice without the others.
+const SLICEABLE: &str = r#"{"name": "sliced", "stages": [
+  {"id": "extract", "kind": "synthetic", "config": {"shards": 64, "items": 4096, "work_iters": 8, "seed": 7}},
+  {"id": "transform", "kind": "synthetic", "dependencies": ["extract"],
+   "config": {"shards": 64, "items": 4096, "work_iters": 16, "seed": 11}},
+  {"id": "report", "kind": "synthetic", "config": {"shards": 8, "items": 64, "seed": 13}}]}"#;
+
 #[test]
 fn three_workers_merged_give_the_single_machine_root() {
-    let plan = fixture("plans/valid/pipeline.json");
-    let plan = plan.to_str().unwrap();
     let single = Sandbox::new();
+    let plan = single.plan("sliced.json", SLICEABLE);
+    let plan = plan.to_str().unwrap();
     let expected = json(&single.run(&["run", "--json", plan]));
 
     let workers: Vec<Sandbox> = (0..3).map(|_| Sandbox::new()).collect();
@@ -72,12 +80,51 @@ fn three_workers_merged_give_the_single_machine_root() {
         "{}",
         stderr(&partial)
     );
+
+    // A dry run's results never mix with a real run's.
+    let dry = Sandbox::new();
+    let output = dry.run(&[
+        "run",
+        "--dry-run",
+        "--worker-count",
+        "3",
+        "--worker-index",
+        "2",
+        plan,
+    ]);
+    assert_code(&output, 0);
+    let dry_dir = dry.db().to_string_lossy().into_owned();
+    let mixed = Sandbox::new().run(&["merge", &dirs[0], &dirs[1], &dry_dir]);
+    assert_code(&mixed, 2);
+    assert!(
+        stderr(&mixed).contains("a dry run, the others are real runs"),
+        "{}",
+        stderr(&mixed)
+    );
 }
 
 #[test]
-fn worker_flags_are_checked() {
+fn worker_flags_are_checked_and_barriers_are_refused() {
     let sandbox = Sandbox::new();
-    let plan = fixture("plans/valid/pipeline.json");
+    // pipeline.json's last stage waits at a barrier for all of the one
+    // before: a worker could not run it alone.
+    let barrier = fixture("plans/valid/pipeline.json");
+    let refused = sandbox.run(&[
+        "run",
+        "--worker-count",
+        "2",
+        "--worker-index",
+        "0",
+        barrier.to_str().unwrap(),
+    ]);
+    assert_code(&refused, 2);
+    assert!(
+        stderr(&refused)
+            .contains("stages[2].dependencies: stage load waits for all of stage transform"),
+        "{}",
+        stderr(&refused)
+    );
+    let plan = sandbox.plan("sliced.json", SLICEABLE);
     let plan = plan.to_str().unwrap();
     let out_of_range = sandbox.run(&["run", "--worker-count", "3", "--worker-index", "3", plan]);
     assert_code(&out_of_range, 2);

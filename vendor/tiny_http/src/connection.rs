@@ -30,6 +30,9 @@ impl Listener {
                 // and small responses are not held back by Nagle's
                 // algorithm.
                 let _ = conn.set_read_timeout(Some(crate::READ_IDLE_TIMEOUT));
+                // HXO PATCH: a client that stops reading cannot hold a
+                // writing thread (a worker or an event stream) forever.
+                let _ = conn.set_write_timeout(Some(crate::READ_IDLE_TIMEOUT));
                 let _ = conn.set_nodelay(true);
                 (Connection::from(conn), Some(addr))
             }),

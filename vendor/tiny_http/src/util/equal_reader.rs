@@ -70,8 +70,27 @@ where
         // Content-Length: a huge value aborts the process (upstream issue
         // #252, pull request #290).
         let mut buf = [0u8; 4096];
+        // HXO PATCH: drain at most DRAIN_MAX_BYTES for at most
+        // DRAIN_MAX_TIME; a bigger or slower unread body closes the
+        // connection instead, so a client that declares a huge body and
+        // trickles it cannot hold a worker thread.
+        const DRAIN_MAX_BYTES: usize = 8 * 1024 * 1024;
+        const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+        if remaining_to_read > DRAIN_MAX_BYTES {
+            self.last_read_signal
+                .send(Err(std::io::Error::other("unread request body too large to drain")))
+                .ok();
+            return;
+        }
+        let started = std::time::Instant::now();
 
         while remaining_to_read > 0 {
+            if started.elapsed() > DRAIN_MAX_TIME {
+                self.last_read_signal
+                    .send(Err(std::io::Error::other("unread request body too slow to drain")))
+                    .ok();
+                return;
+            }
             let want = remaining_to_read.min(buf.len());
 
             match self.reader.read(&mut buf[..want]) {
