@@ -191,7 +191,8 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8000")]
         bind: String,
         /// Directory that relative config paths of plans posted over HTTP
-        /// resolve against (they may not escape it)
+        /// resolve against (partition paths may not escape it; `exec`
+        /// commands run as the server's user: the admiral token is a shell)
         #[arg(long, default_value = ".", value_name = "DIR")]
         root: PathBuf,
     },

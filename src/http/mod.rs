@@ -70,6 +70,13 @@ pub fn serve_cli(
         .ok()
         .filter(|r| r.is_dir())
         .ok_or_else(|| CliError::Usage(format!("--root {}: not a directory", root.display())))?;
+    // Equal tokens would make every captain an admiral.
+    if settings.admiral_token.is_some() && settings.admiral_token == settings.captain_token {
+        return Err(CliError::Usage(
+            "HXO_ADMIRAL_TOKEN and HXO_CAPTAIN_TOKEN are the same: a captain would be an admiral"
+                .into(),
+        ));
+    }
     let (tokens, token_file) = auth::load(&settings).map_err(|e| {
         CliError::Internal(anyhow::anyhow!(
             "the admiral token file {}: {e}",
