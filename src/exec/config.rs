@@ -161,6 +161,13 @@ pub fn required_path_under(
             reason: "must name a file, not the plan directory".to_owned(),
         });
     }
+    // The lexical check cannot see symlinks: where the file exists, its real
+    // location must be under the plan directory's real location too.
+    if let (Ok(real), Ok(real_base)) = (resolved.canonicalize(), base_dir.canonicalize()) {
+        if !real.starts_with(&real_base) {
+            return Err(escapes());
+        }
+    }
     Ok(resolved)
 }
 
