@@ -144,7 +144,25 @@ impl PlanRecord {
 
     /// Finished or aborted, with no replay asked for since.
     pub fn is_complete(&self) -> bool {
-        self.finished.is_some() || self.aborted.is_some()
+        self.finished.is_some() || self.aborted.is_some() || self.worker_slice_done()
+    }
+
+    /// A worker's store holds one slice of a plan (DESIGN section 10): it
+    /// is complete when every shard of the slice is done, and has no root
+    /// of its own (`hxo merge` computes it from every worker's store).
+    pub fn worker_slice_done(&self) -> bool {
+        let Some(worker) = self.manifest.worker else {
+            return false;
+        };
+        self.manifest.stages.iter().all(|stage| {
+            (0..stage.shard_count)
+                .filter(|position| worker.owns(*position))
+                .all(|position| {
+                    self.shards
+                        .get((stage.first_leaf + position) as usize)
+                        .is_some_and(|slot| slot.state == SlotState::Done)
+                })
+        })
     }
 
     /// The latest root is certified (DESIGN section 3).
@@ -164,6 +182,8 @@ impl PlanRecord {
             } else {
                 "finished"
             }
+        } else if self.worker_slice_done() {
+            "slice_finished"
         } else {
             "incomplete"
         }

@@ -52,6 +52,11 @@ fn three_workers_merged_give_the_single_machine_root() {
             serde_json::Value::Null,
             "a slice has no root"
         );
+        assert_eq!(report["status"], "slice_finished");
+        // A finished slice is complete: nothing to resume in its store.
+        let resume = worker.run(&["resume"]);
+        assert_code(&resume, 0);
+        assert!(stderr(&resume).contains("no incomplete plans"));
         done += worker_done;
     }
     assert_eq!(done, 136, "the slices cover the plan exactly once");
