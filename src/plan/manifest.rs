@@ -18,7 +18,7 @@ pub struct Manifest {
     /// Absolute directory relative config paths resolve against.
     pub base_dir: String,
     pub stages: Vec<ManifestStage>,
-    /// Hex RFC 6962 root over the cas_ids in leaf order.
+    /// Hex SHA-256 over the cas_ids in leaf order (the DAG's identity).
     pub dag_digest: String,
     pub submitted_by: String,
     pub dry_run: bool,
