@@ -76,6 +76,16 @@ fn three_workers_merged_give_the_single_machine_root() {
     assert_eq!(merged["done_shards"], 136);
     let verify = merger.run(&["verify", merged["plan_id"].as_str().unwrap()]);
     assert_code(&verify, 0);
+    // Merging again gives back the same plan, not a second one.
+    let again = json(&merger.run(&args));
+    assert_eq!(again["plan_id"], merged["plan_id"]);
+    assert_eq!(
+        json(&merger.run(&["plans", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A missing worker is a clear error, and nothing is recorded.
     let partial = Sandbox::new().run(&["merge", &dirs[0], &dirs[1]]);
