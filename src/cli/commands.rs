@@ -308,14 +308,19 @@ fn whoami() -> String {
     std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
 }
 
-fn validate(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
+/// Compiles a plan file without a store (`plan validate`, `plan explain`).
+fn compile_file(global: &GlobalArgs, path: &Path) -> Result<Compiled, CliError> {
     let settings = settings(global)?;
     let (spec, base_dir) = read_plan(path)?;
     let defaults = crate::plan::PlanDefaults {
         default_slo_ms: settings.default_slo_ms,
         max_shards: settings.max_shards,
     };
-    let compiled = engine::compile(spec, &base_dir, defaults)?;
+    Ok(engine::compile(spec, &base_dir, defaults)?)
+}
+
+fn validate(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
+    let compiled = compile_file(global, path)?;
     if global.json {
         emit_json(&json!({"valid": true, "name": compiled.plan.name,
                           "total_shards": compiled.dag.shard_count()}))?;
@@ -373,13 +378,7 @@ pub fn explain_json(compiled: &Compiled) -> serde_json::Value {
 }
 
 fn explain(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
-    let settings = settings(global)?;
-    let (spec, base_dir) = read_plan(path)?;
-    let defaults = crate::plan::PlanDefaults {
-        default_slo_ms: settings.default_slo_ms,
-        max_shards: settings.max_shards,
-    };
-    let compiled = engine::compile(spec, &base_dir, defaults)?;
+    let compiled = compile_file(global, path)?;
     let summary = explain_json(&compiled);
     if global.json {
         emit_json(&summary)?;
@@ -620,20 +619,14 @@ fn plans(global: &GlobalArgs) -> Result<u8, CliError> {
 fn status(global: &GlobalArgs, text: &str, full: bool) -> Result<u8, CliError> {
     let engine = open_read_only(global)?;
     let plan_id = engine.find(text)?;
+    if global.json && !full {
+        // The guide's status fields, without the report's pass over shards.
+        emit_json(&engine.status(&plan_id)?)?;
+        return Ok(exit::SUCCESS);
+    }
     let report = engine.report(&plan_id)?;
     if global.json {
-        if full {
-            emit_json(&report)?;
-        } else {
-            emit_json(&json!({
-                "plan_id": report.plan_id, "plan_name": report.plan_name, "status": report.status,
-                "total_shards": report.total_shards, "pending_shards": report.pending_shards,
-                "claimed_shards": report.claimed_shards, "running_shards": report.running_shards,
-                "done_shards": report.done_shards, "failed_shards": report.failed_shards,
-                "merkle_root": report.merkle_root, "truth_certified": report.truth_certified,
-                "eta_seconds": report.eta_seconds,
-            }))?;
-        }
+        emit_json(&report)?;
     } else {
         emit(&report.render())?;
     }

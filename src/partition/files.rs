@@ -225,6 +225,23 @@ pub(crate) mod tests {
         (dir, base)
     }
 
+    /// (key, root, rel_paths) of file partitions, for comparing layouts.
+    pub(crate) fn keyed_layout(
+        partitions: &[crate::partition::Partition],
+    ) -> Vec<(String, PathBuf, Vec<String>)> {
+        partitions
+            .iter()
+            .map(|partition| match &partition.input {
+                crate::partition::PartitionInput::Files { root, files } => (
+                    partition.key.as_deref().unwrap().to_owned(),
+                    root.clone(),
+                    files.iter().map(|file| file.rel_path.clone()).collect(),
+                ),
+                other => unreachable!("a file partitioner made {other:?}"),
+            })
+            .collect()
+    }
+
     fn rel_paths(files: &[FileEntry]) -> Vec<&str> {
         files.iter().map(|file| file.rel_path.as_str()).collect()
     }

@@ -196,20 +196,7 @@ mod tests {
         partition(value.as_object().unwrap(), base, 1000)
     }
 
-    /// (key, root, rel_paths) per partition.
-    fn layout(partitions: &[Partition]) -> Vec<(String, PathBuf, Vec<String>)> {
-        partitions
-            .iter()
-            .map(|partition| match &partition.input {
-                PartitionInput::Files { root, files } => (
-                    partition.key.as_deref().unwrap().to_owned(),
-                    root.clone(),
-                    files.iter().map(|file| file.rel_path.clone()).collect(),
-                ),
-                _ => unreachable!("by_module makes file lists"),
-            })
-            .collect()
-    }
+    use super::super::files::tests::keyed_layout as layout;
 
     #[test]
     fn root_makes_one_shard_per_top_level_directory() {

@@ -70,25 +70,12 @@ mod tests {
     use super::super::files::tests::{temp_base, write_tree};
     use super::*;
     use serde_json::json;
-    use std::path::PathBuf;
 
     fn run(base: &Path, value: serde_json::Value) -> Result<Vec<Partition>, PartitionError> {
         partition(value.as_object().unwrap(), base, 1000)
     }
 
-    fn layout(partitions: &[Partition]) -> Vec<(String, PathBuf, Vec<String>)> {
-        partitions
-            .iter()
-            .map(|partition| match &partition.input {
-                PartitionInput::Files { root, files } => (
-                    partition.key.as_deref().unwrap().to_owned(),
-                    root.clone(),
-                    files.iter().map(|file| file.rel_path.clone()).collect(),
-                ),
-                _ => unreachable!("by_route_map makes file lists"),
-            })
-            .collect()
-    }
+    use super::super::files::tests::keyed_layout as layout;
 
     #[test]
     fn one_shard_per_route_in_given_order() {
