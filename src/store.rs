@@ -583,7 +583,7 @@ impl Store {
     /// and starts the log writer.
     pub fn open(dir: &Path, options: LogOptions) -> Result<Store, StoreError> {
         let salvage = options.salvage;
-        let (log, recovery) = log::Log::open(dir, options)?;
+        let (mut log, recovery) = log::Log::open(dir, options)?;
         let (index, ()) = Index::build(|visit| log.for_each_record(visit))?;
         let index = Arc::new(RwLock::new(index));
         let durability = Arc::new(Durability::default());

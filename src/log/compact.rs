@@ -105,8 +105,8 @@ pub(crate) fn compact_with_crash(
     let _lock = StoreLock::acquire(dir)?;
     finish_interrupted(dir)?;
     let storage = FsStorage::open(dir).map_err(|e| io_err(dir, "opening the store", e))?;
-    let (old, recovery) = Log::open_inner(Box::new(storage), opts.clone(), None, 0)?;
-    let keep = records_to_keep(&old)?;
+    let (mut old, recovery) = Log::open_inner(Box::new(storage), opts.clone(), None, 0)?;
+    let keep = records_to_keep(&mut old)?;
 
     let staging = dir.join(STAGING_DIR_NAME);
     let new_storage =
@@ -171,7 +171,7 @@ pub(crate) fn compact_with_crash(
 }
 
 /// Per record of `log`, in order, whether compaction keeps it.
-fn records_to_keep(log: &Log) -> Result<Vec<bool>, LogError> {
+fn records_to_keep(log: &mut Log) -> Result<Vec<bool>, LogError> {
     #[derive(Clone, Copy)]
     struct Latest {
         position: usize,
@@ -486,8 +486,8 @@ mod tests {
         assert!(report.segments_before > report.segments_after);
         assert!(!tmp.path().join(READY_DIR_NAME).exists());
         assert!(!tmp.path().join(STAGING_DIR_NAME).exists());
-        let (log, recovery) = Log::open(tmp.path(), OPTS).unwrap();
-        assert_eq!(read_all(&log), expected);
+        let (mut log, recovery) = Log::open(tmp.path(), OPTS).unwrap();
+        assert_eq!(read_all(&mut log), expected);
         assert_eq!(recovery.segment_count as u64, report.segments_after);
         assert_eq!(log.generation(), 1);
         drop(log);
@@ -495,8 +495,8 @@ mod tests {
         let again = compact(tmp.path(), OPTS).unwrap();
         assert_eq!(again.records_after, expected.len() as u64);
         assert_eq!(again.generation, 2);
-        let (log, _) = Log::open(tmp.path(), OPTS).unwrap();
-        assert_eq!(read_all(&log), expected);
+        let (mut log, _) = Log::open(tmp.path(), OPTS).unwrap();
+        assert_eq!(read_all(&mut log), expected);
     }
 
     #[test]
@@ -523,7 +523,7 @@ mod tests {
             let finished = compact_with_crash(tmp.path(), OPTS, Some(step)).unwrap();
             // Reopening finishes or discards the interrupted compaction.
             let (mut log, _) = Log::open(tmp.path(), OPTS).unwrap();
-            let got = read_all(&log);
+            let got = read_all(&mut log);
             if got == history {
                 saw_old = true;
             } else {

@@ -30,12 +30,15 @@ pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
 /// Largest segment accepted: bounds the zero scan of recovery and the
 /// address space one map takes.
 pub const SEGMENT_SIZE_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-/// Segments are a whole number of these, so that page-granular msync and
+/// Segments are a whole number of these, so that page-granular maps and
 /// madvise never reach past the end of a file.
 pub const SEGMENT_SIZE_ALIGN_BYTES: u64 = 4096;
 /// Most segments one store may hold (4 TiB at the default size).
 pub const SEGMENT_COUNT_MAX: u64 = 65_536;
 
+/// Bytes of appended frames the log buffers before it hands them to the
+/// segment file in one write (commits hand them over sooner).
+pub const PENDING_BYTES_MAX: usize = 1024 * 1024;
 /// Most records the writer appends before one commit (group commit bound).
 pub const COMMIT_RECORDS_MAX: usize = 65_536;
 /// Most records in one batch handed to the writer; a batch is never split

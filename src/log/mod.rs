@@ -55,9 +55,11 @@ pub use self::read_only::read_only_scan;
 pub use self::storage::{Faults, FsStorage, MemDisk, MemStorage, Storage};
 pub use self::writer::{spawn_writer, Writer};
 
-use self::format::{SegmentHeader, FRAME_HEADER_SIZE, HEADER_SIZE, HEADER_SIZE_BYTES};
+use self::format::{
+    SegmentHeader, FRAME_HEADER_SIZE, FRAME_OVERHEAD_BYTES, HEADER_SIZE, HEADER_SIZE_BYTES,
+};
 use self::limits::{
-    SEGMENT_COUNT_MAX, SEGMENT_SIZE_ALIGN_BYTES, SEGMENT_SIZE_DEFAULT_BYTES,
+    PENDING_BYTES_MAX, SEGMENT_COUNT_MAX, SEGMENT_SIZE_ALIGN_BYTES, SEGMENT_SIZE_DEFAULT_BYTES,
     SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
 use self::segment::ScanStop;
@@ -208,10 +210,6 @@ struct Segment {
     damaged: bool,
 }
 
-/// Madvise granularity for releasing synced pages behind the write head; a
-/// multiple of every page size, coarse enough to keep the syscalls rare.
-const RELEASE_CHUNK_BYTES: u64 = 1024 * 1024;
-
 /// The checkpoint log: exclusive owner of one store.
 pub struct Log {
     storage: Box<dyn Storage>,
@@ -226,16 +224,17 @@ pub struct Log {
     next_index: u64,
     /// Lowest segment index of the store, for the segment count bound.
     first_index: u64,
-    // INVARIANT: HEADER_SIZE <= synced_end <= last segment's data_end; the
-    // last segment's bytes before synced_end are durable, and so are all
-    // earlier segments (synced when the next one was created).
+    // INVARIANT: HEADER_SIZE <= synced_end <= last segment's data_end -
+    // pending.len(); the last segment's bytes before synced_end are
+    // durable, and so are all earlier segments (synced when the next one
+    // was created).
     synced_end: u64,
-    /// Bytes of the last segment already released (madvise) behind the head.
-    released_end: u64,
     record_count: u64,
     poisoned: bool,
-    /// Scratch buffer for encoding one frame.
-    frame: Vec<u8>,
+    // INVARIANT: frames appended to the last segment and not yet handed to
+    // storage, in log order, ending at its `data_end`; at most
+    // PENDING_BYTES_MAX plus one frame.
+    pending: Vec<u8>,
     // Declared last: dropped after the maps, so nothing is mapped unlocked.
     _lock: Option<StoreLock>,
 }
@@ -291,10 +290,9 @@ impl Log {
             next_index: 0,
             first_index: 0,
             synced_end: HEADER_SIZE_BYTES,
-            released_end: 0,
             record_count: 0,
             poisoned: false,
-            frame: Vec::new(),
+            pending: Vec::new(),
             _lock: lock,
         };
         let report = log.recover()?;
@@ -464,7 +462,6 @@ impl Log {
                     .sync_range(last.index, HEADER_SIZE_BYTES, len)
                     .map_err(|e| self.io(format!("syncing recovered segment {}", last.index), e))?;
                 self.synced_end = last.data_end;
-                self.released_end = 0;
             }
             _ => {
                 // The last segment file is damaged or unreadable: never
@@ -533,19 +530,19 @@ impl Log {
         });
         self.next_index = index + 1;
         self.synced_end = HEADER_SIZE_BYTES;
-        self.released_end = 0;
         Ok(())
     }
 
-    /// Appends a record into the map. Not durable until [`Log::commit`].
-    /// A record over its field bounds or too large for a segment is refused
-    /// with nothing written; an I/O failure poisons the log.
+    /// Appends a record. It is handed to storage at the next commit (or
+    /// once `PENDING_BYTES_MAX` bytes are waiting) and durable only after
+    /// [`Log::commit`]. A record over its field bounds or too large for a
+    /// segment is refused with nothing written; an I/O failure poisons the
+    /// log.
     pub fn append(&mut self, record: &Record) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
-        let len = format::encode_frame(record, &mut self.frame)? as usize;
-        let frame_len = self.frame.len() as u64;
+        let frame_len = FRAME_OVERHEAD_BYTES + u64::from(record.payload_len()?);
         let last = *self.segments.last().expect("INVARIANT: non-empty");
         if last.data_end + frame_len > last.size_bytes {
             let capacity_bytes = self.opts.segment_capacity_bytes();
@@ -557,33 +554,33 @@ impl Log {
             }
             self.roll_over()?;
         }
-        let last = self.segments.last_mut().expect("INVARIANT: non-empty");
-        let (index, at) = (last.index, last.data_end);
-        // Three writes in this order (header, payload, marker): the tear
-        // shapes recovery accepts depend on it (see `format`).
-        let payload_end = FRAME_HEADER_SIZE + len;
-        let parts = [
-            (0, FRAME_HEADER_SIZE),
-            (FRAME_HEADER_SIZE, payload_end),
-            (payload_end, payload_end + 1),
-        ];
-        for (from, to) in parts {
-            if let Err(e) = self
-                .storage
-                .write_at(index, at + from as u64, &self.frame[from..to])
-            {
-                return Err(self.poison(format!("writing segment {index} at offset {at}"), e));
-            }
-        }
+        format::append_frame(record, &mut self.pending)?;
         let last = self.segments.last_mut().expect("INVARIANT: non-empty");
         last.data_end += frame_len;
         self.record_count += 1;
+        if self.pending.len() >= PENDING_BYTES_MAX {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pending frames to storage with one write (see `format` for
+    /// why one write in log order leaves only prefix-shaped tears).
+    fn write_pending(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let last = *self.segments.last().expect("INVARIANT: non-empty");
+        let at = last.data_end - self.pending.len() as u64;
+        if let Err(e) = self.storage.write_at(last.index, at, &self.pending) {
+            return Err(self.poison(format!("writing segment {} at offset {at}", last.index), e));
+        }
+        self.pending.clear();
         Ok(())
     }
 
     /// Finishes the current segment (synced to its end) and starts the next.
     fn roll_over(&mut self) -> Result<(), LogError> {
-        let last = *self.segments.last().expect("INVARIANT: non-empty");
         if self.next_index - self.first_index >= SEGMENT_COUNT_MAX {
             return Err(LogError::TooManySegments {
                 segment_count: self.next_index - self.first_index + 1,
@@ -591,29 +588,22 @@ impl Log {
         }
         // A segment that is not the last never has an unsynced tail, so a
         // torn tail can only be in the last one.
-        if last.data_end > self.synced_end {
-            if let Err(e) = self.storage.sync_range(
-                last.index,
-                self.synced_end,
-                last.data_end - self.synced_end,
-            ) {
-                return Err(self.poison(format!("syncing segment {}", last.index), e));
-            }
-        }
-        self.storage.release(last.index, 0, last.size_bytes);
+        self.sync_all()?;
         let index = self.next_index;
         self.create_segment(index)
             .map_err(|(op, e)| self.poison(op, e))
     }
 
-    /// Makes everything appended so far durable (msync). On failure the log
-    /// is poisoned: never retry, reopen the store instead.
+    /// Hands everything appended so far to storage and makes it durable
+    /// (fdatasync). Without `sync_commits` only the first half: a killed
+    /// process then loses nothing, a power loss may. On failure the log is
+    /// poisoned: never retry, reopen the store instead.
     pub fn commit(&mut self) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
         if !self.opts.sync_commits {
-            return Ok(());
+            return self.write_pending();
         }
         self.sync_all()
     }
@@ -623,6 +613,7 @@ impl Log {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
+        self.write_pending()?;
         let last = *self.segments.last().expect("INVARIANT: non-empty");
         if last.data_end > self.synced_end {
             if let Err(e) = self.storage.sync_range(
@@ -634,27 +625,17 @@ impl Log {
             }
             self.synced_end = last.data_end;
         }
-        // Drop the mapping of synced pages behind the head (the page holding
-        // the head stays: the next append writes into it). Keeps a long
-        // run's RSS flat; the file is the truth, reads fault pages back in.
-        let release_to = self.synced_end / RELEASE_CHUNK_BYTES * RELEASE_CHUNK_BYTES;
-        if release_to > self.released_end {
-            self.storage.release(
-                last.index,
-                self.released_end,
-                release_to - self.released_end,
-            );
-            self.released_end = release_to;
-        }
         Ok(())
     }
 
     /// Calls `f` with every record, recovered and appended, in log order,
     /// decoding from the maps.
-    pub fn for_each_record(&self, f: &mut dyn FnMut(Record)) -> Result<(), LogError> {
+    pub fn for_each_record(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
+        // Pending frames are read back from the segment like the others.
+        self.write_pending()?;
         for segment in &self.segments {
             let bytes = self
                 .storage

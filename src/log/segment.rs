@@ -218,8 +218,10 @@ mod tests {
         let at = starts[0];
         s[at + format::FRAME_TYPE_OFFSET] = format::RecordType::ShardDone as u8;
         let len = u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
-        let payload = &s[at + FRAME_HEADER_SIZE..at + FRAME_HEADER_SIZE + len as usize];
-        let crc = format::frame_crc(len, 2, payload);
+        let crc = format::frame_crc(
+            len,
+            &s[at + format::FRAME_TYPE_OFFSET..at + FRAME_HEADER_SIZE + len as usize],
+        );
         s[at + format::FRAME_CRC_OFFSET..at + format::FRAME_CRC_OFFSET + 4]
             .copy_from_slice(&crc.to_le_bytes());
         let r = count(&s, true);

@@ -1,5 +1,5 @@
 //! The narrow door through which the log touches the disk, and its two
-//! implementations: [`FsStorage`] (real files, memory-mapped) and
+//! implementations: [`FsStorage`] (real files, read through memory maps) and
 //! [`MemStorage`] (memory, with fault injection and crash images for tests).
 //!
 //! The log never calls the file system itself; everything goes through
@@ -9,14 +9,22 @@
 //!
 //! # Assumptions about the files (`FsStorage`)
 //!
-//! Segments are mapped shared and read and written through the map. That is
-//! sound only while no one truncates a mapped file or writes it behind our
-//! back: a truncation turns accesses past the new end into SIGBUS, and a
-//! foreign write changes bytes that Rust believes it owns. The store lock
-//! (see [`super::lock`]) excludes every other HXO process; nothing else is
-//! supposed to touch the directory. A segment is fully preallocated before
-//! it is mapped, so writing through the map never needs new blocks and a
-//! full disk shows up as an error of `posix_fallocate`, not as SIGBUS.
+//! Segments are read through shared, read-only memory maps and written with
+//! positional writes (`pwrite`) of whole batches of frames, made durable
+//! with `fdatasync`. Writing through the map was measured slower: each
+//! first touch of a page is a fault, and each `msync` write-protects every
+//! dirty page again with a TLB shootdown sent to every core the process
+//! runs on (a tenth of the CPU time of a 10^6-shard run; see
+//! BENCHMARKS.md). Reads through the map see the writes at once: both go
+//! through the same page cache.
+//!
+//! A map is sound only while no one truncates the mapped file or writes it
+//! behind our back: a truncation turns accesses past the new end into
+//! SIGBUS, and a foreign write changes bytes that Rust believes are
+//! immutable. The store lock (see [`super::lock`]) excludes every other HXO
+//! process; nothing else is supposed to touch the directory. A segment is
+//! fully preallocated before it is mapped, so writes never need new blocks
+//! and a full disk shows up as an error of `posix_fallocate`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -24,10 +32,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{compiler_fence, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use memmap2::{MmapMut, UncheckedAdvice};
+use memmap2::{Mmap, UncheckedAdvice};
 
 /// Every access the log makes to its segments.
 ///
@@ -87,12 +94,18 @@ fn check_range(len: usize, offset: u64, n: u64) -> io::Result<(usize, usize)> {
     Ok((offset as usize, end as usize))
 }
 
-/// Segments as memory-mapped files in one directory.
+/// Segments as files in one directory, read through memory maps.
 pub struct FsStorage {
     dir: PathBuf,
-    // INVARIANT: every map covers a whole, preallocated segment file that
-    // nothing else writes or truncates (the store lock's job).
-    maps: BTreeMap<u64, MmapMut>,
+    // INVARIANT: every map covers the whole of its preallocated segment
+    // file, which nothing but this storage writes and nothing truncates
+    // (the store lock's job).
+    segments: BTreeMap<u64, OpenSegment>,
+}
+
+struct OpenSegment {
+    file: File,
+    map: Mmap,
 }
 
 impl FsStorage {
@@ -110,7 +123,7 @@ impl FsStorage {
         }
         Ok(FsStorage {
             dir: dir.to_owned(),
-            maps: BTreeMap::new(),
+            segments: BTreeMap::new(),
         })
     }
 
@@ -118,17 +131,22 @@ impl FsStorage {
         &self.dir
     }
 
-    fn map(&self, index: u64) -> io::Result<&MmapMut> {
-        self.maps
+    fn segment(&self, index: u64) -> io::Result<&OpenSegment> {
+        self.segments
             .get(&index)
             .ok_or_else(|| invalid_input(format!("segment {index} is not open")))
     }
 
-    fn map_file(file: &File) -> io::Result<MmapMut> {
+    fn open_mapped(file: File) -> io::Result<OpenSegment> {
         // SAFETY: the file is a preallocated segment of a store whose lock
         // we hold, so no other process writes or truncates it while mapped
-        // (see the module docs); we only touch it through this map.
-        unsafe { MmapMut::map_mut(file) }
+        // (see the module docs). Our own writes (`write_at`) change bytes
+        // under the map, but only past the data any reader was handed: the
+        // log reads a segment only up to the end of the frames it has
+        // written, and writes only after that end (or zeroes a torn tail
+        // before anything reads it).
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(OpenSegment { file, map })
     }
 }
 
@@ -196,8 +214,7 @@ impl Storage for FsStorage {
         // The rename is the commit point of the creation.
         fs::rename(&tmp, &path)?;
         sync_dir_path(&self.dir)?;
-        let map = Self::map_file(&file)?;
-        self.maps.insert(index, map);
+        self.segments.insert(index, Self::open_mapped(file)?);
         Ok(())
     }
 
@@ -207,35 +224,30 @@ impl Storage for FsStorage {
         let len = file.metadata()?.len();
         // An empty file maps to an empty slice (memmap2 handles it); recovery
         // reports it as damage, its header being missing.
-        let map = Self::map_file(&file)?;
-        self.maps.insert(index, map);
+        self.segments.insert(index, Self::open_mapped(file)?);
         Ok(len)
     }
 
     fn bytes(&self, index: u64) -> Option<&[u8]> {
-        self.maps.get(&index).map(|m| &m[..])
+        self.segments.get(&index).map(|s| &s.map[..])
     }
 
     fn write_at(&mut self, index: u64, offset: u64, data: &[u8]) -> io::Result<()> {
-        let map = self
-            .maps
-            .get_mut(&index)
-            .ok_or_else(|| invalid_input(format!("segment {index} is not open")))?;
-        let (start, end) = check_range(map.len(), offset, data.len() as u64)?;
-        map[start..end].copy_from_slice(data);
-        // The log relies on the order of its writes (header, payload, end
-        // marker) reaching the page cache in program order, so that a
-        // killed process leaves only prefix-shaped tears. Keep the compiler
-        // from sinking or merging this store with the next one.
-        compiler_fence(Ordering::SeqCst);
-        Ok(())
+        let segment = self.segment(index)?;
+        check_range(segment.map.len(), offset, data.len() as u64)?;
+        // One pwrite (retried on short writes): the kernel copies it into
+        // the page cache in ascending order, which the tear analysis of
+        // `format` relies on.
+        segment.file.write_all_at(data, offset)
     }
 
     fn sync_range(&mut self, index: u64, offset: u64, len: u64) -> io::Result<()> {
-        let map = self.map(index)?;
-        let (start, end) = check_range(map.len(), offset, len)?;
-        // msync(MS_SYNC); memmap2 aligns the start down to a page.
-        map.flush_range(start, end - start)
+        let segment = self.segment(index)?;
+        check_range(segment.map.len(), offset, len)?;
+        // fdatasync: the whole file, which costs nothing extra here (only
+        // the range since the last sync is dirty), and also persists the
+        // unwritten-to-written conversion of the preallocated extents.
+        segment.file.sync_data()
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {
@@ -243,12 +255,12 @@ impl Storage for FsStorage {
     }
 
     fn remove_segment(&mut self, index: u64) -> io::Result<()> {
-        self.maps.remove(&index);
+        self.segments.remove(&index);
         fs::remove_file(self.dir.join(segment_file_name(index)))
     }
 
     fn release(&self, index: u64, offset: u64, len: u64) {
-        let Some(map) = self.maps.get(&index) else {
+        let Some(OpenSegment { map, .. }) = self.segments.get(&index) else {
             return;
         };
         let Ok((start, end)) = check_range(map.len(), offset, len) else {
@@ -258,10 +270,10 @@ impl Storage for FsStorage {
             return;
         }
         // SAFETY: MADV_DONTNEED on a *shared file* mapping only drops our
-        // page-table entries: dirty pages stay in the page cache (their dirty
-        // bit moves to the page) and the next access faults the file's
-        // current contents back in. No data is lost and no Rust reference
-        // observes a change, unlike on a private or anonymous mapping.
+        // page-table entries: the pages stay in the page cache and the next
+        // access faults the file's current contents back in. No data is
+        // lost and no Rust reference observes a change, unlike on a private
+        // or anonymous mapping.
         let result =
             unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
         // Only a hint: failure costs memory, not correctness.

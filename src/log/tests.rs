@@ -43,7 +43,7 @@ pub(crate) fn shard_done(leaf_index: u64) -> Record {
     shard_done_with(1, leaf_index, 1)
 }
 
-pub(crate) fn read_all(log: &Log) -> Vec<Record> {
+pub(crate) fn read_all(log: &mut Log) -> Vec<Record> {
     let mut out = Vec::new();
     log.for_each_record(&mut |r| out.push(r)).unwrap();
     out
@@ -197,8 +197,8 @@ fn recover(
     storage: MemStorage,
     opts: LogOptions,
 ) -> Result<(Log, RecoveryReport, Vec<Record>), LogError> {
-    let (log, report) = Log::open_with(Box::new(storage), opts)?;
-    let records = read_all(&log);
+    let (mut log, report) = Log::open_with(Box::new(storage), opts)?;
+    let records = read_all(&mut log);
     assert_eq!(report.record_count, records.len() as u64);
     Ok((log, report, records))
 }
@@ -313,13 +313,19 @@ fn crash_at_every_sync_point_and_every_byte_of_the_last_record() {
 fn records_recovered_from_a_killed_process_are_synced_before_new_appends() {
     let storage = MemStorage::new();
     let disk = storage.disk();
-    let (mut log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
+    let unsynced = LogOptions {
+        sync_commits: false,
+        ..MODEL_OPTS
+    };
+    let (mut log, _) = Log::open_with(Box::new(storage), unsynced).unwrap();
     let mut all = fill(&mut log, 0, 5);
-    log.commit().unwrap();
+    log.sync_all().unwrap();
     all.extend(fill(&mut log, 5, 5));
+    log.commit().unwrap();
     drop(log);
-    // Killed before committing the second batch: the next process sees it
-    // in the page cache and takes it as part of the log...
+    // Killed after handing the second batch to storage, before syncing it:
+    // the next process sees it in the page cache and takes it as part of
+    // the log...
     let image = disk.kill(u64::MAX);
     let image_disk = image.disk();
     let (mut log, _, recovered) = recover(image, MODEL_OPTS).unwrap();
@@ -380,7 +386,7 @@ fn appended_records_are_visible_before_commit_and_lost_only_if_uncommitted() {
     log.append(&shard_done(1)).unwrap();
     log.commit().unwrap();
     log.append(&shard_done(2)).unwrap();
-    assert_eq!(read_all(&log), vec![shard_done(1), shard_done(2)]);
+    assert_eq!(read_all(&mut log), vec![shard_done(1), shard_done(2)]);
     assert_eq!(log.record_count(), 2);
     drop(log);
     let (_, report, recovered) = recover(disk.crash(0), MODEL_OPTS).unwrap();
@@ -459,10 +465,10 @@ fn torn_tail_on_real_files_recovers_a_prefix_at_every_byte() {
     for cut in tail_start..data_end {
         file.write_all_at(&vec![0u8; data_end - cut], cut as u64)
             .unwrap();
-        let (log, report) = Log::open(tmp.path(), opts.clone()).unwrap();
+        let (mut log, report) = Log::open(tmp.path(), opts.clone()).unwrap();
         let complete = frame_ends.iter().filter(|&&end| end <= cut).count();
         let expected = records.len() - tail.len() + complete;
-        let recovered = read_all(&log);
+        let recovered = read_all(&mut log);
         assert_eq!(recovered.len(), expected, "cut at {cut}");
         assert_eq!(recovered[..], records[..expected], "cut at {cut}");
         let frame_start = if complete == 0 {
@@ -486,9 +492,9 @@ fn torn_tail_on_real_files_recovers_a_prefix_at_every_byte() {
         file.write_all_at(&original[tail_start..data_end], tail_start as u64)
             .unwrap();
     }
-    let (log, report) = Log::open(tmp.path(), opts).unwrap();
+    let (mut log, report) = Log::open(tmp.path(), opts).unwrap();
     assert_eq!(report.torn_tail, None);
-    assert_eq!(read_all(&log), records);
+    assert_eq!(read_all(&mut log), records);
 }
 
 /// Where each committed record's frame lies: (segment, start, end).
@@ -662,7 +668,7 @@ fn salvaged_store_stays_damaged_until_compacted() {
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let (mut log, report) = Log::open(tmp.path(), SALVAGE_OPTS).unwrap();
     assert_eq!(report.salvaged.len(), 1);
-    let kept = read_all(&log);
+    let kept = read_all(&mut log);
     assert!(kept.len() < records.len());
     log.append(&shard_done(1000)).unwrap();
     log.commit().unwrap();
@@ -680,11 +686,11 @@ fn salvaged_store_stays_damaged_until_compacted() {
     // A salvaging compaction writes a clean store.
     let report = super::compact(tmp.path(), SALVAGE_OPTS).unwrap();
     assert_eq!(report.salvaged.len(), 1);
-    let (log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
     assert!(report.salvaged.is_empty());
     let mut expected = kept;
     expected.push(shard_done(1000));
-    assert_eq!(read_all(&log), expected);
+    assert_eq!(read_all(&mut log), expected);
 }
 
 #[test]
@@ -844,15 +850,16 @@ fn a_failed_write_poisons() {
     let storage = MemStorage::new();
     let disk = storage.disk();
     let (mut log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
+    // Appends are handed to storage in one write per commit: the first
+    // commit's write succeeds, the second one's fails.
     disk.set_faults(Faults {
-        fail_write_at: Some(4),
+        fail_write_at: Some(1),
         ..Faults::default()
     });
     log.append(&shard_done(0)).unwrap();
-    assert!(matches!(
-        log.append(&shard_done(1)),
-        Err(LogError::Io { .. })
-    ));
+    log.commit().unwrap();
+    log.append(&shard_done(1)).unwrap();
+    assert!(matches!(log.commit(), Err(LogError::Io { .. })));
     assert!(matches!(
         log.append(&shard_done(2)),
         Err(LogError::Poisoned)
@@ -890,7 +897,7 @@ fn refused_records_do_not_poison() {
     );
     log.append(&shard_done(1)).unwrap();
     log.commit().unwrap();
-    assert_eq!(read_all(&log), vec![shard_done(1)]);
+    assert_eq!(read_all(&mut log), vec![shard_done(1)]);
 }
 
 #[test]
@@ -925,8 +932,8 @@ fn segment_size_is_per_segment() {
     all.extend(fill(&mut log, 50, 300));
     log.commit().unwrap();
     drop(log);
-    let (log, _) = Log::open(tmp.path(), small).unwrap();
-    assert_eq!(read_all(&log), all);
+    let (mut log, _) = Log::open(tmp.path(), small).unwrap();
+    assert_eq!(read_all(&mut log), all);
     let sizes: Vec<u64> = {
         let mut v: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()
@@ -1043,11 +1050,11 @@ fn golden_v1_store_still_recovers() {
     for (name, bytes) in &files {
         fs::write(tmp.path().join(name), bytes).unwrap();
     }
-    let (log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
     assert_eq!(report.torn_tail, None);
     assert!(report.salvaged.is_empty());
     assert_eq!(report.segment_count, 2);
-    assert_eq!(read_all(&log), golden_records());
+    assert_eq!(read_all(&mut log), golden_records());
 }
 
 #[test]

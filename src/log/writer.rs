@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(durable, expected);
         // Everything reported durable survives a crash with nothing unsynced.
         drop(log);
-        let (recovered, _) = Log::open_with(Box::new(disk.crash(0)), MODEL_OPTS).unwrap();
+        let (mut recovered, _) = Log::open_with(Box::new(disk.crash(0)), MODEL_OPTS).unwrap();
         let mut got = Vec::new();
         recovered.for_each_record(&mut |r| got.push(r)).unwrap();
         assert_eq!(got, expected);

@@ -65,7 +65,7 @@ fn kill_after(sandbox: &Sandbox, args: &[&str], delay: Duration) -> bool {
 
 /// One DONE record per shard of every plan in the store.
 fn assert_recorded_once(sandbox: &Sandbox) {
-    let (log, _) = hxo::log::Log::open(&sandbox.db(), hxo::log::LogOptions::default()).unwrap();
+    let (mut log, _) = hxo::log::Log::open(&sandbox.db(), hxo::log::LogOptions::default()).unwrap();
     let mut done: HashMap<([u8; 16], u64), u32> = HashMap::new();
     log.for_each_record(&mut |record| {
         if let hxo::log::Record::ShardDone {

@@ -354,7 +354,7 @@ fn hot_shards_split_and_the_root_does_not_change() {
     assert_eq!(signal["stage_id"], "h");
     assert!(signal["p95_ms"].as_f64().unwrap() > 20.0);
     // The splits are in the log.
-    let (log, _) =
+    let (mut log, _) =
         hxo::log::Log::open(&split_sandbox.db(), hxo::log::LogOptions::default()).unwrap();
     let mut splits = 0;
     let mut pieces = 0;
