@@ -4,7 +4,9 @@
 //!
 //! Nothing is locked, truncated or synced. A torn tail in the last segment
 //! is simply where reading stops (it may be a record being written right
-//! now); damage anywhere else is reported as corruption, as in recovery.
+//! now), and so is the end of its data: the zeros after it are not read
+//! (the writer may be filling them). Damage anywhere else is reported as
+//! corruption, as in recovery.
 
 use super::format::SegmentHeader;
 use super::segment::{self, ScanStop};
@@ -81,7 +83,8 @@ pub fn read_only_scan(
         // Pages already scanned are released as the scan goes, so reading a
         // store costs no more than a window of memory, however large.
         let mut released = 0usize;
-        let scan = segment::scan_with_offsets(bytes, is_last, &mut |record, end| {
+        let tail = segment::TailCheck::LastSegmentUnchecked;
+        let scan = segment::scan_with_offsets(bytes, is_last, tail, &mut |record, end| {
             on_record(record);
             if end - released >= RELEASE_WINDOW_BYTES {
                 let upto = end / PAGE_BYTES * PAGE_BYTES;

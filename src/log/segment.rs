@@ -40,7 +40,21 @@ pub struct SegmentScan {
 /// already checked). `is_last` enables the torn-tail rules. Every valid
 /// record is decoded and handed to `on_record` in order.
 pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) -> SegmentScan {
-    scan_with_offsets(segment, is_last, &mut |record, _| on_record(record))
+    scan_with_offsets(segment, is_last, TailCheck::Zeros, &mut |record, _| {
+        on_record(record)
+    })
+}
+
+/// What a scan checks after the end of data (a zero frame header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailCheck {
+    /// Every byte to the end of the segment must be zero (recovery).
+    Zeros,
+    /// Nothing, in the last segment: a reader beside a live writer stops at
+    /// the end of data, where the writer may be storing the next frames
+    /// right now, and does not read the (up to a segment of) zeros after
+    /// it. Other segments are checked as with `Zeros`.
+    LastSegmentUnchecked,
 }
 
 /// [`scan`], also telling `on_record` the offset just after each record (so
@@ -48,6 +62,7 @@ pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) ->
 pub fn scan_with_offsets(
     segment: &[u8],
     is_last: bool,
+    tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record, usize),
 ) -> SegmentScan {
     assert!(segment.len() >= HEADER_SIZE, "header checked by the caller");
@@ -69,6 +84,9 @@ pub fn scan_with_offsets(
                 // It passed the CRC, so it was written this way: never a tear.
                 Err(e) => damaged(segment, pos, format!("record does not decode: {e}")),
             },
+            FrameRead::EndOfData if is_last && tail_check == TailCheck::LastSegmentUnchecked => {
+                ScanStop::Clean
+            }
             FrameRead::EndOfData => match format::first_non_zero(&segment[pos..]) {
                 None => ScanStop::Clean,
                 Some(i) => damaged(
@@ -138,6 +156,26 @@ mod tests {
 
     fn count(segment: &[u8], is_last: bool) -> SegmentScan {
         scan(segment, is_last, &mut |_| {})
+    }
+
+    #[test]
+    fn a_read_only_scan_does_not_read_past_the_last_segments_data() {
+        let records = one_of_each();
+        let (mut s, starts) = segment_of(&records, 4096);
+        let data_end = *starts.last().unwrap();
+        s[data_end + 100] = 7;
+        let unchecked = |is_last| {
+            scan_with_offsets(&s, is_last, TailCheck::LastSegmentUnchecked, &mut |_, _| {})
+        };
+        let live = unchecked(true);
+        assert_eq!(live.stop, ScanStop::Clean);
+        assert_eq!(live.record_count, records.len() as u64);
+        assert!(
+            matches!(unchecked(false).stop, ScanStop::Damaged { offset, .. } if offset == data_end + 100)
+        );
+        assert!(
+            matches!(count(&s, true).stop, ScanStop::Damaged { offset, .. } if offset == data_end + 100)
+        );
     }
 
     #[test]
