@@ -458,8 +458,14 @@ impl Engine {
             .manifest
             .worker;
         {
-            let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            for (leaf, slot) in plan.shards.iter_mut().enumerate() {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            if worker.is_none() && plan.pending_count() == plan.shard_count() {
+                // A fresh plan: its slots are not even read (their pages
+                // stay untouched until outcomes land).
+                initial.resize(dag.shard_count(), Initial::Pending);
+                need_reuse = true;
+            }
+            for (leaf, slot) in plan.shards.iter().enumerate().skip(initial.len()) {
                 let theirs = worker.is_some_and(|worker| {
                     let stage = &dag.stages[dag.stage_of(LeafIndex(leaf as u32))];
                     !worker.owns(leaf as u64 - stage.first_leaf as u64)
@@ -472,7 +478,6 @@ impl Engine {
                     // worker's log has it; `hxo merge` unions them).
                     SlotState::Pending if theirs => Initial::Done,
                     SlotState::Pending => {
-                        slot.cas_id = *dag.cas_id(LeafIndex(leaf as u32));
                         need_reuse = true;
                         Initial::Pending
                     }
@@ -646,6 +651,10 @@ impl Engine {
             .join()
             .expect("the collector thread does not panic")?;
         self.store.wait_durable(position.max(reused_position))?;
+        tracing::info!(
+            execute_ms = started.elapsed().as_millis() as u64,
+            "executed"
+        );
         if let Some(progress) = progress {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let counts = plan.counts();
@@ -1438,6 +1447,7 @@ pub fn compile(
     base_dir: &Path,
     defaults: PlanDefaults,
 ) -> Result<Compiled, EngineError> {
+    let started = Instant::now();
     let plan = Plan::validate(spec, defaults)?;
     let base_dir = absolute(base_dir);
     let mut partitionings = Vec::with_capacity(plan.stages.len());
@@ -1478,6 +1488,7 @@ pub fn compile(
     })?;
     tracing::info!(
         shards = dag.shard_count(),
+        partition_ms = (partitioned - started).as_millis() as u64,
         dag_ms = partitioned.elapsed().as_millis() as u64,
         "compiled"
     );
