@@ -864,61 +864,80 @@ impl Store {
     /// from memory), for certification and `hxo verify`. `None` unless every
     /// shard's latest outcome in the files is DONE.
     ///
-    /// Leaf data is gathered in bounded chunks that are hashed in parallel
-    /// and scattered into place, so memory stays at one hash per shard.
+    /// This thread scans and decodes; leaf data goes in bounded chunks, in
+    /// log order, to a second thread that hashes each chunk on the rayon
+    /// pool and scatters it into place, so scanning and hashing overlap and
+    /// memory stays at one hash per shard plus a few chunks.
     pub fn reread_leaf_hashes(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
     ) -> Result<Option<Vec<Hash>>, StoreError> {
         use rayon::prelude::*;
-        const CHUNK: usize = 65_536;
-        fn hash_chunk(chunk: &mut Vec<(u64, [u8; 64])>, leaves: &mut [Hash]) {
-            let hashed: Vec<(u64, Hash)> = chunk
-                .par_iter()
-                .map(|(leaf, data)| (*leaf, crate::merkle::leaf_hash(data)))
-                .collect();
-            for (leaf, hash) in hashed {
-                leaves[leaf as usize] = hash;
-            }
-            chunk.clear();
-        }
+        const CHUNK: usize = 32_768;
+        /// Chunks scanned but not yet hashed (bounds the memory).
+        const CHUNKS_IN_FLIGHT: usize = 2;
+        /// One record's effect: `Some(leaf data)` for a DONE outcome,
+        /// `None` for a FAILED one (the shard is not done any more).
+        type Update = (u64, Option<[u8; 64]>);
         let count = shard_count as usize;
-        let mut leaves = vec![[0u8; 32]; count];
-        let mut done = vec![false; count];
-        let mut chunk: Vec<(u64, [u8; 64])> = Vec::with_capacity(CHUNK);
         let wanted = *plan_id;
-        log::read_only_scan(&self.dir, self.salvage, &mut |record| match record {
-            Record::ShardDone {
-                plan_id,
-                leaf_index,
-                cas_id,
-                output_digest,
-                ..
-            } if plan_id == wanted && leaf_index < shard_count => {
-                let mut data = [0u8; 64];
-                data[..32].copy_from_slice(&cas_id);
-                data[32..].copy_from_slice(&output_digest);
-                chunk.push((leaf_index, data));
-                done[leaf_index as usize] = true;
-                if chunk.len() == CHUNK {
-                    hash_chunk(&mut chunk, &mut leaves);
+        let (sender, receiver) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT);
+        std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || {
+                let mut leaves = vec![[0u8; 32]; count];
+                let mut done = vec![false; count];
+                // Chunks arrive in log order, so a later outcome of a leaf
+                // overwrites an earlier one.
+                for chunk in receiver {
+                    let hashed: Vec<Option<Hash>> = chunk
+                        .par_iter()
+                        .map(|(_, data)| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
+                        .collect();
+                    for ((leaf, _), hash) in chunk.iter().zip(hashed) {
+                        done[*leaf as usize] = hash.is_some();
+                        if let Some(hash) = hash {
+                            leaves[*leaf as usize] = hash;
+                        }
+                    }
                 }
-            }
-            Record::ShardFailed {
-                plan_id,
-                leaf_index,
-                ..
-            } if plan_id == wanted && leaf_index < shard_count => {
-                done[leaf_index as usize] = false;
-            }
-            _ => {}
-        })?;
-        hash_chunk(&mut chunk, &mut leaves);
-        if done.iter().any(|d| !d) {
-            return Ok(None);
-        }
-        Ok(Some(leaves))
+                done.iter().all(|d| *d).then_some(leaves)
+            });
+            let mut chunk: Vec<Update> = Vec::with_capacity(CHUNK);
+            let scanned = log::read_only_scan(&self.dir, self.salvage, &mut |record| {
+                let update = match record {
+                    Record::ShardDone {
+                        plan_id,
+                        leaf_index,
+                        cas_id,
+                        output_digest,
+                        ..
+                    } if plan_id == wanted && leaf_index < shard_count => {
+                        let mut data = [0u8; 64];
+                        data[..32].copy_from_slice(&cas_id);
+                        data[32..].copy_from_slice(&output_digest);
+                        (leaf_index, Some(data))
+                    }
+                    Record::ShardFailed {
+                        plan_id,
+                        leaf_index,
+                        ..
+                    } if plan_id == wanted && leaf_index < shard_count => (leaf_index, None),
+                    _ => return,
+                };
+                chunk.push(update);
+                if chunk.len() == CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    // The hasher ends only when the channel closes.
+                    let _ = sender.send(full);
+                }
+            });
+            let _ = sender.send(chunk);
+            drop(sender);
+            let leaves = hasher.join().expect("the leaf hasher does not panic");
+            scanned?;
+            Ok(leaves)
+        })
     }
 
     /// Drains the writer, syncs and releases the store lock.
