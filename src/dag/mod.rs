@@ -31,11 +31,12 @@
 //! edges) or has `shard_count + 1` ascending entries.
 
 use crate::hash::{to_hex, Hash};
-use crate::partition::{keys_match, Partition, PartitionInput, Partitioning};
+use crate::partition::{keys_match, Partition, PartitionInput, Partitioning, Partitions};
 use crate::plan::{Plan, StageIndex};
 use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// Version tag of the cas_id encoding; bump it when the encoding changes.
@@ -90,7 +91,7 @@ pub struct DagStage {
     /// Shards dropped because another shard of the stage had the same cas_id.
     pub collapsed_count: u64,
     /// The stage's partitions, one per shard, in leaf order.
-    pub partitions: Vec<Partition>,
+    pub partitions: Partitions,
     /// SHA-256 over the stage's cas_ids in leaf order; all zero for a stage
     /// nothing joins by barrier (it is never needed then).
     pub digest: Hash,
@@ -140,9 +141,9 @@ impl Dag {
             .partition_point(|stage| stage.first_leaf + stage.shard_count <= leaf.0)
     }
 
-    pub fn partition(&self, leaf: LeafIndex) -> &Partition {
+    pub fn partition(&self, leaf: LeafIndex) -> Cow<'_, Partition> {
         let stage = &self.stages[self.stage_of(leaf)];
-        &stage.partitions[(leaf.0 - stage.first_leaf) as usize]
+        stage.partitions.get((leaf.0 - stage.first_leaf) as usize)
     }
 
     /// Shards that wait on `leaf` directly (pipelined or chained edges).
@@ -233,7 +234,7 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
     // Per stage, in topological order: cas_ids (collapsing duplicates) and
     // the stage digest, which barrier dependents need.
     let mut stage_cas: Vec<Vec<Hash>> = vec![Vec::new(); stage_count];
-    let mut stage_parts: Vec<Option<Vec<Partition>>> = Vec::with_capacity(stage_count);
+    let mut stage_parts: Vec<Option<Partitions>> = Vec::with_capacity(stage_count);
     let mut chained = Vec::with_capacity(stage_count);
     for partitioning in partitionings {
         chained.push(partitioning.chained);
@@ -243,7 +244,7 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
     // Computed on first use by a barrier-joined downstream stage.
     let mut digests: Vec<Option<Hash>> = vec![None; stage_count];
     let mut collapsed = vec![0u64; stage_count];
-    let mut partitions_out: Vec<Vec<Partition>> = vec![Vec::new(); stage_count];
+    let mut partitions_out: Vec<Partitions> = vec![Partitions::Listed(Vec::new()); stage_count];
     for &stage_index in &topo_order {
         let stage = &plan.stages[stage_index];
         let parts = stage_parts[stage_index]
@@ -299,36 +300,25 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
             let mut out: Vec<Hash> = Vec::with_capacity(parts.len());
             for (k, part) in parts.iter().enumerate() {
                 let previous = out.last().copied();
-                out.push(cas_of(k, part, previous.as_ref()));
+                out.push(cas_of(k, &part, previous.as_ref()));
             }
             out
         } else {
-            parts
-                .par_iter()
-                .enumerate()
-                .map(|(k, part)| cas_of(k, part, None))
+            (0..parts.len())
+                .into_par_iter()
+                .map(|k| cas_of(k, &parts.get(k), None))
                 .collect()
         };
         let mut parts = parts;
         // Ranges are distinct by construction; other inputs may coincide.
-        let may_collide = parts
-            .iter()
-            .any(|p| !matches!(p.input, PartitionInput::Range { .. }));
-        if may_collide {
+        if parts.may_coincide() {
             let mut seen = HashSet::with_capacity(cas.len());
             let keep: Vec<bool> = cas.iter().map(|c| seen.insert(*c)).collect();
             if keep.iter().any(|k| !k) {
                 collapsed[stage_index] = keep.iter().filter(|k| !**k).count() as u64;
-                let mut index = 0;
-                cas.retain(|_| {
-                    index += 1;
-                    keep[index - 1]
-                });
-                index = 0;
-                parts.retain(|_| {
-                    index += 1;
-                    keep[index - 1]
-                });
+                let mut marks = keep.iter();
+                cas.retain(|_| *marks.next().expect("one mark per cas_id"));
+                parts.retain_marked(&keep);
             }
         }
         joins[stage_index] = upstream;
@@ -347,7 +337,10 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
             upstream: std::mem::take(&mut joins[index]),
             chained: chained[index],
             collapsed_count: collapsed[index],
-            partitions: std::mem::take(&mut partitions_out[index]),
+            partitions: std::mem::replace(
+                &mut partitions_out[index],
+                Partitions::Listed(Vec::new()),
+            ),
             digest: digests[index].unwrap_or([0; 32]),
         });
         first_leaf += count;

@@ -1,7 +1,7 @@
 //! Unit tests of DAG compilation: joins, cas_id sensitivity, collapse, chains, limits.
 
 use super::*;
-use crate::partition::{FileEntry, Partition, PartitionInput, Partitioning};
+use crate::partition::{FileEntry, Partition, PartitionInput, Partitioning, Partitions};
 use crate::plan::{Plan, PlanDefaults};
 
 const DEFAULTS: PlanDefaults = PlanDefaults {
@@ -19,7 +19,8 @@ fn ranges(count: u64) -> Partitioning {
                     end: i + 1,
                 },
             })
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         chained: false,
     }
 }
@@ -67,7 +68,10 @@ fn cas_ids_are_deterministic_unique_and_input_sensitive() {
     assert_eq!(unique.len(), 10);
     // Changing an upstream input changes the downstream cas_ids too.
     let mut changed = ranges(4);
-    changed.partitions[0].input = PartitionInput::Range { start: 0, end: 2 };
+    let Partitions::Listed(partitions) = &mut changed.partitions else {
+        unreachable!("the test's ranges are listed")
+    };
+    partitions[0].input = PartitionInput::Range { start: 0, end: 2 };
     let third = compile(&p, vec![changed, ranges(4), ranges(2)]).unwrap();
     assert_ne!(first.cas_id(LeafIndex(0)), third.cas_id(LeafIndex(0)));
     assert_ne!(first.cas_id(LeafIndex(4)), third.cas_id(LeafIndex(4)));
@@ -115,11 +119,11 @@ fn duplicate_inputs_collapse_and_disable_pipelining() {
         &p,
         vec![
             Partitioning {
-                partitions: vec![files("m1"), files("m2")],
+                partitions: vec![files("m1"), files("m2")].into(),
                 chained: false,
             },
             Partitioning {
-                partitions: vec![files("m1"), files("m2")],
+                partitions: vec![files("m1"), files("m2")].into(),
                 chained: false,
             },
         ],
@@ -153,5 +157,26 @@ fn shard_limit_is_enforced_before_hashing() {
     assert!(
         error.to_string().contains("4 shards exceed max_shards 3"),
         "{error}"
+    );
+}
+
+#[test]
+fn computed_ranges_compile_like_listed_ones() {
+    let p = plan(THREE);
+    let even = |count: u64| Partitioning {
+        partitions: Partitions::EvenRanges {
+            items: count,
+            count,
+        },
+        chained: false,
+    };
+    let listed = compile(&p, vec![ranges(4), ranges(4), ranges(2)]).unwrap();
+    let computed = compile(&p, vec![even(4), even(4), even(2)]).unwrap();
+    assert_eq!(listed.cas_ids(), computed.cas_ids());
+    assert_eq!(listed.dag_digest, computed.dag_digest);
+    assert_eq!(computed.stages[1].upstream, vec![(0, Join::Pipelined)]);
+    assert_eq!(
+        listed.partition(LeafIndex(9)),
+        computed.partition(LeafIndex(9))
     );
 }

@@ -41,6 +41,7 @@ mod range;
 mod route_map;
 mod sql_batch;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -121,10 +122,88 @@ pub struct Partition {
     pub input: PartitionInput,
 }
 
+/// A stage's partitions, one per shard, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Partitions {
+    /// `count` contiguous ranges over `items` items, as even as possible
+    /// ([`range_shard_bounds`]), keyless: what `by_range` makes. Nothing is
+    /// stored per shard; each partition is computed when asked for (a
+    /// million stored ones would take 72 MB and 25 ms to build).
+    EvenRanges { items: u64, count: u64 },
+    /// Partitions read from the inputs.
+    Listed(Vec<Partition>),
+}
+
+impl Partitions {
+    pub fn len(&self) -> usize {
+        match self {
+            Partitions::EvenRanges { count, .. } => *count as usize,
+            Partitions::Listed(partitions) => partitions.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Partition `index`.
+    ///
+    /// # Panics
+    /// When `index >= self.len()`.
+    pub fn get(&self, index: usize) -> Cow<'_, Partition> {
+        match self {
+            Partitions::EvenRanges { items, count } => {
+                let (start, end) = range_shard_bounds(*items, *count, index as u64);
+                Cow::Owned(Partition {
+                    key: None,
+                    input: PartitionInput::Range { start, end },
+                })
+            }
+            Partitions::Listed(partitions) => Cow::Borrowed(&partitions[index]),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'_, Partition>> + '_ {
+        (0..self.len()).map(|index| self.get(index))
+    }
+
+    /// Whether two partitions may have the same inputs (ranges never do).
+    pub fn may_coincide(&self) -> bool {
+        match self {
+            Partitions::EvenRanges { .. } => false,
+            Partitions::Listed(partitions) => partitions
+                .iter()
+                .any(|p| !matches!(p.input, PartitionInput::Range { .. })),
+        }
+    }
+
+    /// Keeps the partitions whose `keep` entry is true.
+    pub fn retain_marked(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.len(), "one mark per partition");
+        if keep.iter().all(|k| *k) {
+            return;
+        }
+        let mut partitions: Vec<Partition> =
+            match std::mem::replace(self, Partitions::Listed(Vec::new())) {
+                Partitions::Listed(partitions) => partitions,
+                listed => listed.iter().map(Cow::into_owned).collect(),
+            };
+        let mut marks = keep.iter();
+        partitions.retain(|_| *marks.next().expect("one mark per partition"));
+        *self = Partitions::Listed(partitions);
+    }
+}
+
+impl From<Vec<Partition>> for Partitions {
+    fn from(partitions: Vec<Partition>) -> Self {
+        Partitions::Listed(partitions)
+    }
+}
+
 /// A partitioner's output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partitioning {
-    pub partitions: Vec<Partition>,
+    pub partitions: Partitions,
     /// Each shard depends on the previous shard of the same stage
     /// (by_dag_depth: depth d needs depth d-1 done).
     pub chained: bool,
@@ -199,12 +278,14 @@ pub fn partition(
 ) -> Result<Partitioning, PartitionError> {
     let partitions = match kind {
         PartitionerKind::ByRange => range::partition(config, shards_max)?,
-        PartitionerKind::ByFilesize => filesize::partition(config, base_dir, shards_max)?,
-        PartitionerKind::ByModule => module::partition(config, base_dir, shards_max)?,
-        PartitionerKind::ByAssetBucket => asset_bucket::partition(config, base_dir, shards_max)?,
-        PartitionerKind::ByRouteMap => route_map::partition(config, base_dir, shards_max)?,
-        PartitionerKind::BySqlBatch => sql_batch::partition(config, base_dir, shards_max)?,
-        PartitionerKind::ByDagDepth => dag_depth::partition(config, shards_max)?,
+        PartitionerKind::ByFilesize => filesize::partition(config, base_dir, shards_max)?.into(),
+        PartitionerKind::ByModule => module::partition(config, base_dir, shards_max)?.into(),
+        PartitionerKind::ByAssetBucket => {
+            asset_bucket::partition(config, base_dir, shards_max)?.into()
+        }
+        PartitionerKind::ByRouteMap => route_map::partition(config, base_dir, shards_max)?.into(),
+        PartitionerKind::BySqlBatch => sql_batch::partition(config, base_dir, shards_max)?.into(),
+        PartitionerKind::ByDagDepth => dag_depth::partition(config, shards_max)?.into(),
     };
     assert!(
         partitions.len() as u64 <= shards_max,
@@ -219,8 +300,11 @@ pub fn partition(
 /// Whether two stages' partitions join shard k -> shard k: the same length
 /// and the same key sequence. `None` keys stand for the ordinal, so two
 /// keyless sequences of equal length match.
-pub fn keys_match(a: &[Partition], b: &[Partition]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(left, right)| left.key == right.key)
+pub fn keys_match(a: &Partitions, b: &Partitions) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|(left, right)| left.key == right.key)
 }
 
 #[cfg(test)]
@@ -255,16 +339,54 @@ mod tests {
 
     #[test]
     fn keys_match_by_sequence() {
-        let none2 = [keyed(None), keyed(None)];
-        let none3 = [keyed(None), keyed(None), keyed(None)];
-        let ab = [keyed(Some("a")), keyed(Some("b"))];
-        let ba = [keyed(Some("b")), keyed(Some("a"))];
+        let listed = |keys: &[Option<&str>]| -> Partitions {
+            keys.iter()
+                .map(|key| keyed(*key))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let none2 = listed(&[None, None]);
+        let none3 = listed(&[None, None, None]);
+        let ab = listed(&[Some("a"), Some("b")]);
+        let ba = listed(&[Some("b"), Some("a")]);
+        let even2 = Partitions::EvenRanges {
+            items: 10,
+            count: 2,
+        };
         assert!(keys_match(&none2, &none2));
         assert!(!keys_match(&none2, &none3));
         assert!(keys_match(&ab, &ab.clone()));
         assert!(!keys_match(&ab, &ba));
         assert!(!keys_match(&ab, &none2));
-        assert!(keys_match(&[], &[]));
+        assert!(keys_match(&listed(&[]), &listed(&[])));
+        assert!(keys_match(&even2, &none2));
+        assert!(!keys_match(&even2, &ab));
+    }
+
+    #[test]
+    fn even_ranges_are_computed_like_listed_ones() {
+        let even = Partitions::EvenRanges {
+            items: 10,
+            count: 4,
+        };
+        let listed: Partitions = even.iter().map(Cow::into_owned).collect::<Vec<_>>().into();
+        assert_eq!(even.len(), 4);
+        assert!(!even.may_coincide());
+        assert_eq!(
+            listed.get(1).into_owned(),
+            Partition {
+                key: None,
+                input: PartitionInput::Range { start: 3, end: 6 },
+            }
+        );
+        for index in 0..4 {
+            assert_eq!(even.get(index), listed.get(index));
+        }
+        // Retaining turns them into a list of the kept ones.
+        let mut kept = even.clone();
+        kept.retain_marked(&[true, false, true, true]);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.get(1), even.get(2));
     }
 
     #[test]
@@ -345,8 +467,8 @@ mod tests {
 
     #[test]
     fn partition_size_stays_small() {
-        // by_range allocates one of these per shard (10^7 must fit), so a
-        // growth of the enum is worth noticing.
+        // Listed partitioners store one of these per shard, so a growth of
+        // the enum is worth noticing.
         assert!(std::mem::size_of::<Partition>() <= 72);
     }
 }

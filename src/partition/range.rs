@@ -1,20 +1,17 @@
 //! `by_range`: `shards` contiguous ranges over `items` items, as even as
 //! possible (sizes differ by at most one; the larger ones come first).
 //!
-//! This partitioner backs the 10^6-shard benchmarks, so it allocates
-//! exactly one `Vec` (no string per shard) and checks `shards_max` before
-//! allocating it.
+//! This partitioner backs the 10^6-shard benchmarks, so it stores nothing
+//! per shard ([`Partitions::EvenRanges`]): each range is computed when
+//! asked for.
 
 use super::config::{missing, optional_positive_u64, optional_u64, Config};
 use super::error::check_shard_count;
-use super::{Partition, PartitionError, PartitionInput};
+use super::{PartitionError, Partitions};
 
 pub(crate) const CONFIG_KEYS: &[&str] = &["shards", "items"];
 
-pub(crate) fn partition(
-    config: &Config,
-    shards_max: u64,
-) -> Result<Vec<Partition>, PartitionError> {
+pub(crate) fn partition(config: &Config, shards_max: u64) -> Result<Partitions, PartitionError> {
     let shards = optional_positive_u64(config, "shards")?.ok_or_else(|| missing("shards"))?;
     let items = optional_u64(config, "items")?.unwrap_or(shards);
     if items < shards {
@@ -24,16 +21,10 @@ pub(crate) fn partition(
         ));
     }
     check_shard_count("shards", shards, shards_max)?;
-    let partitions = (0..shards)
-        .map(|index| {
-            let (start, end) = range_shard_bounds(items, shards, index);
-            Partition {
-                key: None,
-                input: PartitionInput::Range { start, end },
-            }
-        })
-        .collect();
-    Ok(partitions)
+    Ok(Partitions::EvenRanges {
+        items,
+        count: shards,
+    })
 }
 
 /// The half-open item range `(start, end)` of shard `index` when `items`
@@ -57,11 +48,16 @@ pub fn range_shard_bounds(items: u64, shards: u64, index: u64) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Partition, PartitionInput};
     use super::*;
     use serde_json::json;
 
     fn run(value: serde_json::Value, shards_max: u64) -> Result<Vec<Partition>, PartitionError> {
-        partition(value.as_object().unwrap(), shards_max)
+        let partitions = partition(value.as_object().unwrap(), shards_max)?;
+        Ok(partitions
+            .iter()
+            .map(std::borrow::Cow::into_owned)
+            .collect())
     }
 
     fn ranges(partitions: &[Partition]) -> Vec<(u64, u64)> {
