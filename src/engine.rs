@@ -1528,7 +1528,7 @@ fn manifest_of(compiled: &Compiled, submitted_by: &str, dry_run: bool) -> Manife
 }
 
 fn publish_shard_events(bus: &Bus, records: &[Record]) {
-    if !bus.is_enabled() {
+    if !bus.wants_shard_events() {
         return;
     }
     let mut events = Vec::with_capacity(records.len());

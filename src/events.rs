@@ -6,7 +6,9 @@
 //! `SUBSCRIBER_QUEUE_MAX` events behind is dropped, not waited for, so a
 //! slow reader never stalls the engine). Plan-level and audit events are
 //! also handed to a durable sink (the checkpoint log), so `hxo events` and
-//! a restarted server still see them. Per-shard events are memory-only.
+//! a restarted server still see them. Per-shard events are memory-only, and
+//! built only when someone can read them: a live subscriber, or the HTTP
+//! service (see [`Bus::retain_shard_events`]).
 //!
 //! With `GENESIS_MODE=disabled` nothing is published at all.
 
@@ -156,6 +158,7 @@ pub struct Bus {
     durable: RwLock<Option<DurableSink>>,
     dropped_subscribers: AtomicU64,
     closed: AtomicBool,
+    retain_shard_events: AtomicBool,
 }
 
 impl Bus {
@@ -171,6 +174,7 @@ impl Bus {
             durable: RwLock::new(None),
             dropped_subscribers: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            retain_shard_events: AtomicBool::new(false),
         }
     }
 
@@ -189,6 +193,21 @@ impl Bus {
         self.subscriber_count.load(Ordering::Relaxed) > 0
     }
 
+    /// Keeps per-shard events in the ring for readers that come later (the
+    /// HTTP service's event pages and SSE replay). Without it and with no
+    /// live subscriber, per-shard events are not built at all: nobody could
+    /// ever read them (a CLI run, where building them cost a tenth of a
+    /// 10^6-shard run's CPU time).
+    pub fn retain_shard_events(&self) {
+        self.retain_shard_events.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether per-shard events have a reader, now or later.
+    pub fn wants_shard_events(&self) -> bool {
+        self.enabled
+            && (self.retain_shard_events.load(Ordering::Relaxed) || self.has_subscribers())
+    }
+
     /// Publishes an event and returns its sequence number (0 when disabled).
     pub fn publish(&self, topic: &'static str, data: Value) -> u64 {
         self.publish_data(topic, EventData::Json(data))
@@ -197,7 +216,8 @@ impl Bus {
     /// Publishes per-shard events (memory-only) under one lock and one
     /// clock read: they come a batch at a time from the log writer.
     pub fn publish_shards(&self, events: Vec<(&'static str, ShardEvent)>) {
-        if !self.enabled || self.closed.load(Ordering::Relaxed) || events.is_empty() {
+        if !self.wants_shard_events() || self.closed.load(Ordering::Relaxed) || events.is_empty()
+        {
             return;
         }
         let at_ms = now_ms();
@@ -366,6 +386,50 @@ mod tests {
         bus.publish(AUDIT, json!({"actor": "admiral"}));
         assert_eq!(bus.recent(0, None, None, usize::MAX).len(), EVENT_RING_MAX);
         assert_eq!(durable.load(Ordering::SeqCst), 1);
+    }
+
+    fn shard_event(leaf_index: u64) -> (&'static str, ShardEvent) {
+        (
+            SHARD_DONE,
+            ShardEvent {
+                plan_id: [1; 16],
+                leaf_index,
+                cas_id: [2; 32],
+                output_digest: Some([3; 32]),
+                attempts: 1,
+                duration_us: 5,
+                error: None,
+            },
+        )
+    }
+
+    #[test]
+    fn shard_events_are_built_only_for_readers() {
+        let bus = Bus::new(true, 0);
+        assert!(!bus.wants_shard_events());
+        bus.publish_shards(vec![shard_event(0)]);
+        assert!(bus.recent(0, None, None, 10).is_empty());
+        // A live subscriber gets them (and the ring keeps them).
+        let live = bus.subscribe(None);
+        assert!(bus.wants_shard_events());
+        bus.publish_shards(vec![shard_event(1)]);
+        assert_eq!(live.try_recv().unwrap().data_json()["leaf_index"], 1);
+        drop(live);
+        // Dropped subscribers are noticed at the next delivery.
+        bus.publish_shards(vec![shard_event(2)]);
+        assert!(!bus.wants_shard_events());
+        bus.retain_shard_events();
+        bus.publish_shards(vec![shard_event(3)]);
+        let kept: Vec<_> = bus
+            .recent(0, None, None, 10)
+            .iter()
+            .map(|e| e.data_json()["leaf_index"].clone())
+            .collect();
+        assert_eq!(kept, vec![json!(1), json!(2), json!(3)]);
+        // Disabled means nothing, whatever was asked.
+        let disabled = Bus::new(false, 0);
+        disabled.retain_shard_events();
+        assert!(!disabled.wants_shard_events());
     }
 
     #[test]

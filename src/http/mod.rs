@@ -99,6 +99,8 @@ pub fn serve_cli(
             path.display()
         );
     }
+    // Event pages and SSE replay read per-shard events after the fact.
+    engine.bus.retain_shard_events();
     let app = Arc::new(App {
         runs: runs::Runs::new(engine.clone()),
         engine,
