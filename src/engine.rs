@@ -823,18 +823,17 @@ impl Engine {
         plan_id: &PlanId,
         tree_size: u64,
     ) -> Result<Option<Recomputed>, EngineError> {
-        let Some(leaves) = self.store.reread_leaf_hashes(plan_id, tree_size)? else {
-            return Ok(None);
-        };
         let sample = sample_indices(
             &crate::hash::sha256(plan_id),
             tree_size,
             crate::limits::CERTIFY_SAMPLE_PROOFS,
         );
-        let sampled_leaves: Vec<Hash> = sample.iter().map(|&i| leaves[i as usize]).collect();
-        let (root, proofs) = merkle::root_with_proofs(leaves, &sample);
+        let Some(tree) = self.store.reread_tree(plan_id, tree_size, &sample)? else {
+            return Ok(None);
+        };
+        let (proofs, sampled_leaves) = tree.proofs.into_iter().unzip();
         Ok(Some(Recomputed {
-            root,
+            root: tree.root,
             proofs,
             sampled_leaves,
         }))

@@ -204,8 +204,7 @@ impl Bus {
 
     /// Whether per-shard events have a reader, now or later.
     pub fn wants_shard_events(&self) -> bool {
-        self.enabled
-            && (self.retain_shard_events.load(Ordering::Relaxed) || self.has_subscribers())
+        self.enabled && (self.retain_shard_events.load(Ordering::Relaxed) || self.has_subscribers())
     }
 
     /// Publishes an event and returns its sequence number (0 when disabled).
@@ -216,8 +215,7 @@ impl Bus {
     /// Publishes per-shard events (memory-only) under one lock and one
     /// clock read: they come a batch at a time from the log writer.
     pub fn publish_shards(&self, events: Vec<(&'static str, ShardEvent)>) {
-        if !self.wants_shard_events() || self.closed.load(Ordering::Relaxed) || events.is_empty()
-        {
+        if !self.wants_shard_events() || self.closed.load(Ordering::Relaxed) || events.is_empty() {
             return;
         }
         let at_ms = now_ms();

@@ -13,6 +13,7 @@
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
 use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport};
+use crate::merkle::{BlockTree, InclusionProof};
 use crate::plan::Manifest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,15 @@ pub struct AbortInfo {
     pub at_ms: u64,
     pub actor: String,
     pub reason: String,
+}
+
+/// A plan's tree as read back from the log files ([`Store::reread_tree`]).
+#[derive(Clone, Debug)]
+pub struct RereadTree {
+    pub root: Hash,
+    /// The sampled leaves' inclusion proofs, ascending, each with the leaf
+    /// hash it proves.
+    pub proofs: Vec<(InclusionProof, Hash)>,
 }
 
 /// Everything the log says about one plan.
@@ -860,23 +870,28 @@ impl Store {
         }
     }
 
-    /// The leaf hashes of a plan, read back from the log files on disk (not
-    /// from memory), for certification and `hxo verify`. `None` unless every
-    /// shard's latest outcome in the files is DONE.
+    /// A plan's tree as the log files on disk have it (not as memory has
+    /// it), for certification and `hxo verify`: the root and the inclusion
+    /// proofs of the leaves in `sample`. `None` unless every shard's latest
+    /// outcome in the files is DONE.
     ///
     /// This thread scans and decodes; leaf data goes in bounded chunks, in
-    /// log order, to a second thread that hashes each chunk on the rayon
-    /// pool and scatters it into place, so scanning and hashing overlap and
-    /// memory stays at one hash per shard plus a few chunks.
-    pub fn reread_leaf_hashes(
+    /// log order, to a second thread that hashes each chunk's leaves on the
+    /// rayon pool and, as soon as an aligned block of leaves is complete,
+    /// its subtree ([`BlockTree`]). Reading the log and building the tree
+    /// overlap, and memory stays at one hash per shard plus a few chunks.
+    pub fn reread_tree(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
-    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        sample: &[u64],
+    ) -> Result<Option<RereadTree>, StoreError> {
         use rayon::prelude::*;
         const CHUNK: usize = 32_768;
         /// Chunks scanned but not yet hashed (bounds the memory).
         const CHUNKS_IN_FLIGHT: usize = 2;
+        /// Leaves per block: 2^15, a megabyte of hashes.
+        const BLOCK_LOG2: u32 = 15;
         /// One record's effect: `Some(leaf data)` for a DONE outcome,
         /// `None` for a FAILED one (the shard is not done any more).
         type Update = (u64, Option<[u8; 64]>);
@@ -887,6 +902,9 @@ impl Store {
             let hasher = scope.spawn(move || {
                 let mut leaves = vec![[0u8; 32]; count];
                 let mut done = vec![false; count];
+                let mut tree = BlockTree::new(shard_count, BLOCK_LOG2, sample);
+                let mut done_in_block = vec![0u64; tree.block_count()];
+                let mut touched: Vec<usize> = Vec::new();
                 // Chunks arrive in log order, so a later outcome of a leaf
                 // overwrites an earlier one.
                 for chunk in receiver {
@@ -895,13 +913,47 @@ impl Store {
                         .map(|(_, data)| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
                         .collect();
                     for ((leaf, _), hash) in chunk.iter().zip(hashed) {
-                        done[*leaf as usize] = hash.is_some();
+                        let block = tree.block_of(*leaf);
+                        let leaf = *leaf as usize;
+                        if done[leaf] != hash.is_some() {
+                            done[leaf] = hash.is_some();
+                            if done[leaf] {
+                                done_in_block[block] += 1;
+                            } else {
+                                done_in_block[block] -= 1;
+                            }
+                        }
                         if let Some(hash) = hash {
-                            leaves[*leaf as usize] = hash;
+                            leaves[leaf] = hash;
+                        }
+                        if touched.last() != Some(&block) {
+                            touched.push(block);
+                        }
+                    }
+                    touched.sort_unstable();
+                    touched.dedup();
+                    for block in touched.drain(..) {
+                        let range = tree.block_range(block);
+                        if done_in_block[block] == range.end - range.start {
+                            let range = range.start as usize..range.end as usize;
+                            tree.hash_block(block, &leaves[range]);
+                        } else if tree.is_hashed(block) {
+                            tree.forget_block(block);
                         }
                     }
                 }
-                done.iter().all(|d| *d).then_some(leaves)
+                if !done.iter().all(|d| *d) {
+                    return None;
+                }
+                let (root, proofs) = tree.finish().expect("every block of done leaves is hashed");
+                let proofs = proofs
+                    .into_iter()
+                    .map(|proof| {
+                        let leaf = leaves[proof.leaf_index as usize];
+                        (proof, leaf)
+                    })
+                    .collect();
+                Some(RereadTree { root, proofs })
             });
             let mut chunk: Vec<Update> = Vec::with_capacity(CHUNK);
             let scanned = log::read_only_scan(&self.dir, self.salvage, &mut |record| {
@@ -934,9 +986,9 @@ impl Store {
             });
             let _ = sender.send(chunk);
             drop(sender);
-            let leaves = hasher.join().expect("the leaf hasher does not panic");
+            let tree = hasher.join().expect("the leaf hasher does not panic");
             scanned?;
-            Ok(leaves)
+            Ok(tree)
         })
     }
 
@@ -987,6 +1039,87 @@ mod tests {
                 && slot.state == SlotState::Pending
                 && !slot.reused));
         }
+    }
+
+    #[test]
+    fn the_reread_tree_follows_each_leafs_latest_outcome_in_any_order() {
+        const PLAN: PlanId = [9; 16];
+        let shards = 70_000u64; // more than two blocks of 2^15
+        let data = |leaf: u64, round: u8| -> (Hash, Hash) {
+            let cas_id = crate::hash::sha256(&leaf.to_le_bytes());
+            (cas_id, [round; 32])
+        };
+        let done = |leaf: u64, round: u8| {
+            let (cas_id, output_digest) = data(leaf, round);
+            Record::ShardDone {
+                plan_id: PLAN,
+                leaf_index: leaf,
+                cas_id,
+                output_digest,
+                attempts: 1,
+                duration_us: 0,
+            }
+        };
+        let failed = |leaf: u64| Record::ShardFailed {
+            plan_id: PLAN,
+            leaf_index: leaf,
+            cas_id: data(leaf, 0).0,
+            attempts: 1,
+            duration_us: 0,
+            aborted: false,
+            error: "x".into(),
+        };
+        // Leaves in a scrambled order; every 7th first fails, then is done
+        // (a replay); every 11th is done twice, the later outcome winning.
+        let mut records = Vec::new();
+        let order = (0..shards).map(|i| (i * 7919) % shards);
+        for leaf in order.clone() {
+            records.push(if leaf % 7 == 0 {
+                failed(leaf)
+            } else {
+                done(leaf, 1)
+            });
+        }
+        for leaf in order {
+            if leaf % 7 == 0 || leaf % 11 == 0 {
+                records.push(done(leaf, 2));
+            }
+        }
+        let final_round = |leaf: u64| {
+            if leaf % 7 == 0 || leaf % 11 == 0 {
+                2
+            } else {
+                1
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), LogOptions::default()).unwrap();
+        for batch in records.chunks(crate::log::limits::SUBMIT_BATCH_RECORDS_MAX) {
+            store
+                .wait_durable(store.submit(batch.to_vec()).unwrap())
+                .unwrap();
+        }
+        let leaves: Vec<Hash> = (0..shards)
+            .map(|leaf| {
+                let (cas_id, digest) = data(leaf, final_round(leaf));
+                crate::merkle::shard_leaf_hash(&cas_id, &digest)
+            })
+            .collect();
+        let sample = [0, 5, 32_767, 32_768, 65_537, shards - 1];
+        let (root, proofs) = crate::merkle::root_with_proofs(leaves.clone(), &sample);
+        let tree = store.reread_tree(&PLAN, shards, &sample).unwrap().unwrap();
+        assert_eq!(tree.root, root);
+        let got: Vec<_> = tree.proofs.iter().map(|(proof, _)| proof.clone()).collect();
+        assert_eq!(got, proofs);
+        for (proof, leaf) in &tree.proofs {
+            assert_eq!(*leaf, leaves[proof.leaf_index as usize]);
+        }
+        // A leaf whose latest outcome is a failure: no tree.
+        store
+            .wait_durable(store.submit(vec![failed(40_000)]).unwrap())
+            .unwrap();
+        assert!(store.reread_tree(&PLAN, shards, &sample).unwrap().is_none());
+        store.close().unwrap();
     }
 
     fn event(seq: u64) -> Record {

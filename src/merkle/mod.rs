@@ -14,6 +14,9 @@
 //!   step by step and shares no code with tree construction except the two
 //!   domain-separated hash functions, so a bug in one cannot hide a bug in
 //!   the other.
+//! - [`BlockTree`] (`blocks.rs`): the same tree hashed one aligned block of
+//!   leaves at a time, in any order, for certification while the log is
+//!   still being read.
 //! - [`split_ranges`] and [`combine_ranges`]: cutting a shard's units into
 //!   pieces that are whole subtrees, and recombining their subtree roots into
 //!   exactly the digest the unsplit shard would have produced.
@@ -77,6 +80,9 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::hash::Hash;
+
+mod blocks;
+pub use blocks::BlockTree;
 
 /// Root of the empty tree: SHA-256 of the empty string (RFC 6962 §2.1).
 pub const EMPTY_ROOT: Hash = [
