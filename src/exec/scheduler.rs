@@ -962,7 +962,7 @@ impl Shared {
         let result = if self.control.is_stopped() {
             Err(("stopped".to_string(), 0))
         } else {
-            self.execute_units(leaf, range, Instant::now())
+            self.execute_units(leaf, Some(range), Instant::now())
                 .map(|(digest, attempts, _, _)| (digest, attempts))
         };
         let mut batch = Batch {
@@ -1080,8 +1080,7 @@ impl Shared {
     /// Runs `leaf`, which started at `started`; also returns when it ended
     /// if it is done.
     fn execute(&self, leaf: u32, started: Instant) -> (Outcome, Option<Instant>) {
-        let units = self.dag().partition(LeafIndex(leaf)).input.unit_count();
-        let outcome = match self.execute_units(leaf, 0..units, started) {
+        let outcome = match self.execute_units(leaf, None, started) {
             Ok((digest, attempts, duration_us, ended)) => {
                 let outcome = Outcome {
                     leaf,
@@ -1110,20 +1109,22 @@ impl Shared {
         (outcome, None)
     }
 
-    /// Runs `units` of `leaf`, which started at `started` (its duration and
-    /// its first attempt's timeout count from then), with retries and the
-    /// shard timeout. Returns (digest, attempts, duration, end) or (error,
-    /// attempts); an empty error means the run was stopped.
+    /// Runs `units` of `leaf` (all of them if `None`), which started at
+    /// `started` (its duration and its first attempt's timeout count from
+    /// then), with retries and the shard timeout. Returns (digest,
+    /// attempts, duration, end) or (error, attempts); an empty error means
+    /// the run was stopped.
     fn execute_units(
         &self,
         leaf: u32,
-        units: std::ops::Range<u64>,
+        units: Option<std::ops::Range<u64>>,
         started: Instant,
     ) -> Result<(Hash, u32, u64, Instant), (String, u32)> {
         let dag = self.dag();
         let stage = dag.stage_of(LeafIndex(leaf));
         let executor = &self.input.executors[stage];
         let partition = dag.partition(LeafIndex(leaf));
+        let units = units.unwrap_or_else(|| 0..partition.input.unit_count());
         let timeout = Duration::from_millis(self.options.shard_timeout_ms);
         let mut last_error = String::new();
         let mut attempts = 0;
