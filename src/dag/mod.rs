@@ -346,7 +346,11 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
         first_leaf += count;
     }
     let shard_count = first_leaf as usize;
-    let mut cas_ids = Vec::with_capacity(shard_count);
+    // The first stage's vector grows into the arena: a one-stage plan's
+    // cas_ids are not copied at all.
+    let mut stage_cas = stage_cas.into_iter();
+    let mut cas_ids = stage_cas.next().unwrap_or_default();
+    cas_ids.reserve_exact(shard_count - cas_ids.len());
     for cas in stage_cas {
         cas_ids.extend_from_slice(&cas);
     }
@@ -386,15 +390,7 @@ pub fn compile(plan: &Plan, partitionings: Vec<Partitioning>) -> Result<Dag, Dag
         dependents_start[i + 1] += dependents_start[i];
     }
     let dependents: Vec<u32> = edges.iter().map(|&(_, to)| to).collect();
-    // One streaming SHA-256 over the cas_ids: a tenth of the cost of a
-    // Merkle tree over them, and identification is all it is for.
-    let dag_digest = {
-        let mut hasher = Sha256::new();
-        hasher.update(b"hxo.dag.v1\0");
-        hasher.update((cas_ids.len() as u64).to_le_bytes());
-        hasher.update(cas_ids.as_flattened());
-        hasher.finalize().into()
-    };
+    let dag_digest = dag_digest(&cas_ids);
     Ok(Dag {
         stages,
         topo_order,
@@ -479,6 +475,23 @@ fn cas_id(prefix: &Sha256, input: &PartitionInput, deps: &[Hash]) -> Hash {
     for dep in deps {
         hasher.update(dep);
     }
+    hasher.finalize().into()
+}
+
+/// Identifies a DAG: SHA-256 over a version tag, the shard count and the
+/// SHA-256 of each run of `DAG_DIGEST_CHUNK` cas_ids in leaf order. The runs
+/// are hashed in parallel (one stream over 10^6 cas_ids took 18 ms alone);
+/// identification is all it is for, so no tree is needed.
+fn dag_digest(cas_ids: &[Hash]) -> Hash {
+    const DAG_DIGEST_CHUNK: usize = 32_768;
+    let chunk_digests: Vec<Hash> = cas_ids
+        .par_chunks(DAG_DIGEST_CHUNK)
+        .map(|chunk| Sha256::digest(chunk.as_flattened()).into())
+        .collect();
+    let mut hasher = Sha256::new();
+    hasher.update(b"hxo.dag.v2\0");
+    hasher.update((cas_ids.len() as u64).to_le_bytes());
+    hasher.update(chunk_digests.as_flattened());
     hasher.finalize().into()
 }
 
