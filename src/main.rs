@@ -4,6 +4,9 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: hxo::alloc::HugePageHintAlloc = hxo::alloc::HugePageHintAlloc;
+
 fn main() -> ExitCode {
     let cli = match hxo::cli::Cli::try_parse() {
         Ok(cli) => cli,
