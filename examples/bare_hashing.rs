@@ -11,6 +11,10 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::time::Instant;
 
+// The allocator `hxo` runs with, so that it is no advantage of hxo's.
+#[global_allocator]
+static ALLOCATOR: hxo::alloc::HugePageHintAlloc = hxo::alloc::HugePageHintAlloc;
+
 fn main() {
     let shards: u64 = std::env::args()
         .nth(1)
