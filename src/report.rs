@@ -120,6 +120,8 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
     // contiguous leaf ranges, so each stage's are a slice of them.
     let mut all_durations: Vec<u64> = Vec::with_capacity((counts.done - counts.reused) as usize);
     let mut stages = Vec::with_capacity(plan.manifest.stages.len());
+    // (p50, p95) in µs of the last stage: a one-stage plan's are the plan's.
+    let mut stage_percentiles_us = (0, 0);
     for stage in &plan.manifest.stages {
         let range = stage.first_leaf as usize..(stage.first_leaf + stage.shard_count) as usize;
         let slots = plan.shards.get(range).unwrap_or(&[]);
@@ -141,6 +143,10 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
         }
         let durations = &mut all_durations[first..];
         let busy_us: u64 = durations.iter().sum();
+        stage_percentiles_us = (
+            percentile_us(durations, 50.0),
+            percentile_us(durations, 95.0),
+        );
         stages.push(StageReport {
             stage_id: stage.id.clone(),
             kind: stage.kind.clone(),
@@ -151,8 +157,8 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
             failed_shards: failed,
             reused_shards: reused,
             slo_ms: stage.slo_ms,
-            p50_shard_ms: ms(percentile_us(durations, 50.0)),
-            p95_shard_ms: ms(percentile_us(durations, 95.0)),
+            p50_shard_ms: ms(stage_percentiles_us.0),
+            p95_shard_ms: ms(stage_percentiles_us.1),
             busy_ms: ms(busy_us),
         });
     }
@@ -164,8 +170,14 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
     } else {
         all_durations.iter().sum::<u64>() / all_durations.len() as u64
     };
-    let p50 = percentile_us(&mut all_durations, 50.0);
-    let p95 = percentile_us(&mut all_durations, 95.0);
+    let (p50, p95) = if stages.len() == 1 {
+        stage_percentiles_us
+    } else {
+        (
+            percentile_us(&mut all_durations, 50.0),
+            percentile_us(&mut all_durations, 95.0),
+        )
+    };
     let eta_seconds = if pending_all == 0 {
         Some(0.0)
     } else if live.running_now && live.rate_per_second > 0.0 {
