@@ -655,21 +655,72 @@ pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooL
 /// writer packs a batch of frames into one buffer this way). Returns the
 /// payload length; on error `out` is unchanged.
 pub fn append_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooLong> {
+    let start = out.len();
+    let len = append_unsealed_frame(record, out)?;
+    seal_frames(out, &[start]);
+    Ok(len)
+}
+
+/// [`append_frame`] with the CRC field left zero: [`seal_frames`] fills it
+/// in later, for many frames at once.
+pub fn append_unsealed_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooLong> {
     let len = record.payload_len()?;
     let start = out.len();
     out.reserve(FRAME_OVERHEAD + len as usize);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&(!len).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // CRC, filled in below.
+    out.extend_from_slice(&[0; 4]); // CRC, filled in by `seal_frames`.
     out.push(record.record_type() as u8);
     record.encode_payload(out);
     // Pair assertion, half one: the encoder wrote exactly the length that
     // the header promises (the reader checks the other half).
     assert_eq!(out.len() - start, FRAME_HEADER_SIZE + len as usize);
-    let crc = frame_crc(len, &out[start + FRAME_TYPE_OFFSET..]);
-    out[start + FRAME_CRC_OFFSET..start + FRAME_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     out.push(END_MARKER);
     Ok(len)
+}
+
+/// Fills in the CRC field of the frames of `buf` starting at `starts`
+/// (written by [`append_unsealed_frame`]), three at a time where the CPU
+/// allows: three independent CRC chains keep the CRC-32C unit busy, where
+/// one chain waits out each instruction's latency (the CRC was a third of
+/// the log writer's time).
+pub fn seal_frames(buf: &mut [u8], starts: &[usize]) {
+    fn crc_input(buf: &[u8], start: usize) -> (u32, std::ops::Range<usize>) {
+        let len = le_u32(&buf[start..], FRAME_LEN_OFFSET);
+        (
+            len,
+            start + FRAME_TYPE_OFFSET..start + FRAME_HEADER_SIZE + len as usize,
+        )
+    }
+    fn put(buf: &mut [u8], start: usize, crc: u32) {
+        buf[start + FRAME_CRC_OFFSET..start + FRAME_CRC_OFFSET + 4]
+            .copy_from_slice(&crc.to_le_bytes());
+    }
+    let mut single = starts;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("sse4.2") {
+        let triples = starts.chunks_exact(3);
+        single = triples.remainder();
+        for triple in triples {
+            let [a, b, c] = [triple[0], triple[1], triple[2]].map(|start| crc_input(buf, start));
+            // SAFETY: the CPU has SSE 4.2, checked just above.
+            let crcs = unsafe {
+                frame_crc3_sse42(
+                    (a.0, &buf[a.1.clone()]),
+                    (b.0, &buf[b.1.clone()]),
+                    (c.0, &buf[c.1.clone()]),
+                )
+            };
+            for (start, crc) in triple.iter().zip(crcs) {
+                put(buf, *start, crc);
+            }
+        }
+    }
+    for &start in single {
+        let (len, range) = crc_input(buf, start);
+        let crc = frame_crc(len, &buf[range]);
+        put(buf, start, crc);
+    }
 }
 
 /// CRC-32C over the length and then `type_and_payload`: the frame's type
@@ -683,6 +734,68 @@ pub fn frame_crc(len: u32, type_and_payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), type_and_payload)
 }
 
+/// Three [`frame_crc`]s at once, their 8-byte steps interleaved.
+///
+/// # Safety
+/// The CPU must support SSE 4.2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn frame_crc3_sse42(a: (u32, &[u8]), b: (u32, &[u8]), c: (u32, &[u8])) -> [u32; 3] {
+    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
+    let word = |bytes: &[u8], i: usize| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    };
+    let shared_words = a.1.len().min(b.1.len()).min(c.1.len()) / 8;
+    // SAFETY (for the intrinsics below): the caller guarantees SSE 4.2;
+    // they read only their register arguments.
+    #[allow(unused_unsafe)]
+    let states = unsafe {
+        let mut states = [
+            u64::from(_mm_crc32_u32(!0, a.0)),
+            u64::from(_mm_crc32_u32(!0, b.0)),
+            u64::from(_mm_crc32_u32(!0, c.0)),
+        ];
+        for i in 0..shared_words {
+            states[0] = _mm_crc32_u64(states[0], word(a.1, i));
+            states[1] = _mm_crc32_u64(states[1], word(b.1, i));
+            states[2] = _mm_crc32_u64(states[2], word(c.1, i));
+        }
+        states
+    };
+    let mut crcs = [0u32; 3];
+    for (crc, (state, bytes)) in crcs.iter_mut().zip(states.into_iter().zip([a.1, b.1, c.1])) {
+        // SAFETY: as above.
+        *crc = unsafe { crc32c_sse42_continue(state as u32, &bytes[shared_words * 8..]) };
+    }
+    crcs
+}
+
+/// Continues a raw (not yet inverted) CRC-32C state over `bytes` and
+/// returns the final CRC.
+///
+/// # Safety
+/// The CPU must support SSE 4.2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42_continue(state: u32, bytes: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    // SAFETY (for the intrinsics below): the caller guarantees SSE 4.2;
+    // they read only their register arguments.
+    #[allow(unused_unsafe)]
+    unsafe {
+        let mut state = u64::from(state);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            state = _mm_crc32_u64(state, u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let mut state = state as u32;
+        for &byte in words.remainder() {
+            state = _mm_crc32_u8(state, byte);
+        }
+        !state
+    }
+}
+
 /// [`frame_crc`] with the CRC-32C instruction in unaligned 8-byte steps:
 /// the same value as the `crc32c` crate, whose aligned loop spends most of
 /// its time in byte-wise prologues and epilogues on a ~100-byte frame (a
@@ -693,22 +806,13 @@ pub fn frame_crc(len: u32, type_and_payload: &[u8]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 unsafe fn frame_crc_sse42(len: u32, type_and_payload: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
-    // SAFETY (for the intrinsics below): the caller guarantees SSE 4.2;
-    // they read only their register arguments.
+    use std::arch::x86_64::_mm_crc32_u32;
+    // SAFETY: the caller guarantees SSE 4.2; the intrinsic reads only its
+    // register arguments.
     #[allow(unused_unsafe)]
-    unsafe {
-        let mut crc = u64::from(_mm_crc32_u32(!0, len));
-        let mut words = type_and_payload.chunks_exact(8);
-        for word in &mut words {
-            crc = _mm_crc32_u64(crc, u64::from_le_bytes(word.try_into().expect("8 bytes")));
-        }
-        let mut crc = crc as u32;
-        for &byte in words.remainder() {
-            crc = _mm_crc32_u8(crc, byte);
-        }
-        !crc
-    }
+    let state = unsafe { _mm_crc32_u32(!0, len) };
+    // SAFETY: as above.
+    unsafe { crc32c_sse42_continue(state, type_and_payload) }
 }
 
 /// What stands at one offset of a segment's record area.
@@ -1042,6 +1146,27 @@ impl<'a> Dec<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn sealing_many_frames_at_once_gives_the_frames_sealed_one_by_one() {
+        let records = one_of_each();
+        for count in 0..=records.len() * 2 {
+            // Records of every type, so the frames differ in length.
+            let chosen: Vec<&Record> = records.iter().cycle().skip(count % 3).take(count).collect();
+            let mut one_by_one = Vec::new();
+            for record in &chosen {
+                append_frame(record, &mut one_by_one).unwrap();
+            }
+            let mut batched = Vec::new();
+            let mut starts = Vec::new();
+            for record in &chosen {
+                starts.push(batched.len());
+                append_unsealed_frame(record, &mut batched).unwrap();
+            }
+            seal_frames(&mut batched, &starts);
+            assert_eq!(batched, one_by_one, "{count} frames");
+        }
+    }
 
     #[test]
     fn frame_crc_matches_the_crc32c_crate_at_every_length() {

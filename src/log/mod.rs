@@ -235,6 +235,9 @@ pub struct Log {
     // storage, in log order, ending at its `data_end`; at most
     // PENDING_BYTES_MAX plus one frame.
     pending: Vec<u8>,
+    /// Offsets in `pending` of frames whose CRC is not filled in yet (they
+    /// are sealed together, just before `pending` is written).
+    unsealed: Vec<usize>,
     // Declared last: dropped after the maps, so nothing is mapped unlocked.
     _lock: Option<StoreLock>,
 }
@@ -293,6 +296,7 @@ impl Log {
             record_count: 0,
             poisoned: false,
             pending: Vec::new(),
+            unsealed: Vec::new(),
             _lock: lock,
         };
         let report = log.recover()?;
@@ -554,7 +558,11 @@ impl Log {
             }
             self.roll_over()?;
         }
-        format::append_frame(record, &mut self.pending)?;
+        self.unsealed.push(self.pending.len());
+        if let Err(e) = format::append_unsealed_frame(record, &mut self.pending) {
+            self.unsealed.pop();
+            return Err(e.into());
+        }
         let last = self.segments.last_mut().expect("INVARIANT: non-empty");
         last.data_end += frame_len;
         self.record_count += 1;
@@ -570,6 +578,8 @@ impl Log {
         if self.pending.is_empty() {
             return Ok(());
         }
+        format::seal_frames(&mut self.pending, &self.unsealed);
+        self.unsealed.clear();
         let last = *self.segments.last().expect("INVARIANT: non-empty");
         let at = last.data_end - self.pending.len() as u64;
         if let Err(e) = self.storage.write_at(last.index, at, &self.pending) {
