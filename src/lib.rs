@@ -24,6 +24,8 @@
 //! - [`engine`]: the one module that wires everything together.
 //! - [`demo`]: the embedded fixture project behind `hxo run`.
 //! - [`cli`], [`http`]: the front-ends.
+//! - [`alloc`]: the binary's allocator (a huge-page hint on large
+//!   allocations).
 //!
 //! Deliberately absent: any home-made clustering (workers are indexed jobs
 //! of Kubernetes or Slurm, each with its own store, unioned by

@@ -1,5 +1,7 @@
 //! The durable checkpoint log (`crate::log::log`): an append-only sequence of
-//! typed outcome records in preallocated, memory-mapped segment files.
+//! typed outcome records in preallocated segment files, read through memory
+//! maps and written a batch at a time (see [`storage`] for why not through
+//! the maps).
 //!
 //! What it owns: the bytes of the store directory (`HXO_DB_PATH`), their
 //! format ([`format`](mod@format), where the byte layout, the crash cases and the disk
