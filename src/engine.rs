@@ -375,12 +375,11 @@ impl Engine {
             Path::new(&manifest.base_dir),
             self.plan_defaults(),
         )?;
-        let now = to_hex(&compiled.dag.dag_digest);
-        if now != manifest.dag_digest {
+        if !compiled.dag.has_digest(&manifest.dag_digest) {
             return Err(EngineError::InputsChanged {
                 plan_id: plan_id_text(plan_id),
                 accepted: manifest.dag_digest,
-                now,
+                now: to_hex(&compiled.dag.dag_digest),
             });
         }
         Ok(compiled)

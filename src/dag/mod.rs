@@ -174,6 +174,14 @@ impl Dag {
             .count() as u32
     }
 
+    /// Whether `digest_hex` (a manifest's) identifies this DAG: its digest,
+    /// or the v1 digest that builds before v2 recorded, so that their
+    /// incomplete plans still resume.
+    pub fn has_digest(&self, digest_hex: &str) -> bool {
+        digest_hex == to_hex(&self.dag_digest)
+            || digest_hex == to_hex(&dag_digest_v1(&self.cas_ids))
+    }
+
     pub fn edge_count(&self) -> usize {
         self.dependents.len()
     }
@@ -492,6 +500,15 @@ fn dag_digest(cas_ids: &[Hash]) -> Hash {
     hasher.update(b"hxo.dag.v2\0");
     hasher.update((cas_ids.len() as u64).to_le_bytes());
     hasher.update(chunk_digests.as_flattened());
+    hasher.finalize().into()
+}
+
+/// The DAG digest of builds before v2: one stream over every cas_id.
+fn dag_digest_v1(cas_ids: &[Hash]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"hxo.dag.v1\0");
+    hasher.update((cas_ids.len() as u64).to_le_bytes());
+    hasher.update(cas_ids.as_flattened());
     hasher.finalize().into()
 }
 

@@ -180,3 +180,19 @@ fn computed_ranges_compile_like_listed_ones() {
         computed.partition(LeafIndex(9))
     );
 }
+
+#[test]
+fn a_dag_answers_to_its_digest_and_to_the_v1_digest_of_older_builds() {
+    let dag = compile(&plan(THREE), vec![ranges(4), ranges(4), ranges(2)]).unwrap();
+    assert!(dag.has_digest(&to_hex(&dag.dag_digest)));
+    // v1, as builds before v2 computed it: one stream over the cas_ids.
+    let mut v1 = Sha256::new();
+    v1.update(b"hxo.dag.v1\0");
+    v1.update((dag.shard_count() as u64).to_le_bytes());
+    v1.update(dag.cas_ids().as_flattened());
+    let v1: Hash = v1.finalize().into();
+    assert!(dag.has_digest(&to_hex(&v1)));
+    let other = compile(&plan(THREE), vec![ranges(4), ranges(4), ranges(3)]).unwrap();
+    assert!(!dag.has_digest(&to_hex(&other.dag_digest)));
+    assert!(!dag.has_digest("not a digest"));
+}
