@@ -764,11 +764,14 @@ impl Shared {
                                 duration_us: 0,
                             }
                         } else {
-                            self.wait_for_log(leaf);
+                            if self.wait_for_log(leaf) {
+                                clock = None;
+                            }
                             slot.started.fetch_add(1, Ordering::Relaxed);
                             if let Some(pieces) = self.split_pieces(leaf) {
                                 // The pieces finish the shard later, elsewhere.
                                 self.start_split(leaf, pieces, &mut batch, blocking);
+                                clock = None;
                                 continue;
                             }
                             let started = clock.take().unwrap_or_else(Instant::now);
@@ -822,10 +825,11 @@ impl Shared {
 
     /// `backpressure_aware` stages wait while the log writer's queue is
     /// more than half full, rather than piling up outcomes behind it.
-    fn wait_for_log(&self, leaf: u32) {
+    /// Returns whether it may have waited.
+    fn wait_for_log(&self, leaf: u32) -> bool {
         let stage = self.dag().stage_of(LeafIndex(leaf));
         if self.input.schedulers[stage] != SchedulerKind::BackpressureAware {
-            return;
+            return false;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while (self.input.pressure)() > crate::limits::LOG_QUEUE_BATCHES_MAX / 2
@@ -834,6 +838,7 @@ impl Shared {
         {
             std::thread::sleep(Duration::from_millis(1));
         }
+        true
     }
 
     /// Records a finished shard's duration for its stage's p95 and marks
