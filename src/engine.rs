@@ -893,10 +893,11 @@ impl Engine {
             cas_id: cas_text.to_string(),
         };
         let cas_id = crate::hash::from_hex(cas_text).ok_or_else(unknown)?;
+        // Only a shard with a result is a leaf anyone can prove.
         let leaf = plan
             .shards
             .iter()
-            .position(|s| s.cas_id == cas_id)
+            .position(|s| s.state == SlotState::Done && s.cas_id == cas_id)
             .ok_or_else(unknown)?;
         let Some(finish) = plan.finished.clone() else {
             return Err(EngineError::WrongState {
@@ -981,7 +982,9 @@ impl Engine {
                 .manifest
                 .stage_of(index as u64)
                 .map_or("", |s| s.id.as_str());
-            let known = slot.state != SlotState::Pending || slot.cas_id != [0; 32];
+            // Shards that never ran (pending, blocked, aborted before they
+            // started) have no cas_id in the log.
+            let known = slot.cas_id != [0; 32];
             line.clear();
             let value = json!({
                 "index": index,

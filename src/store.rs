@@ -12,7 +12,7 @@
 
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
-use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport};
+use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, TailCheck};
 use crate::merkle::{BlockTree, InclusionProof};
 use crate::plan::Manifest;
 use std::collections::HashMap;
@@ -596,6 +596,8 @@ pub struct Store {
     listener: Arc<RwLock<Option<Listener>>>,
     /// Read damaged stores past their damage (`--salvage`).
     salvage: bool,
+    /// Opened with the store lock (and recovery), not read-only.
+    owner: bool,
     pub recovery: RecoveryReport,
 }
 
@@ -678,6 +680,7 @@ impl Store {
             durability,
             listener,
             salvage,
+            owner: true,
             recovery,
         })
     }
@@ -686,7 +689,8 @@ impl Store {
     /// torn tail (a run in progress elsewhere) is simply where reading
     /// stops.
     pub fn open_read_only(dir: &Path, salvage: bool) -> Result<Store, StoreError> {
-        let (index, recovery) = Index::build(|visit| log::read_only_scan(dir, salvage, visit))?;
+        let (index, recovery) =
+            Index::build(|visit| log::read_only_scan(dir, salvage, TailCheck::Zeros, visit))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             index: Arc::new(RwLock::new(index)),
@@ -697,6 +701,7 @@ impl Store {
             durability: Arc::new(Durability::default()),
             listener: Arc::new(RwLock::new(None)),
             salvage,
+            owner: false,
             recovery,
         })
     }
@@ -897,6 +902,13 @@ impl Store {
         type Update = (u64, Option<[u8; 64]>);
         let count = shard_count as usize;
         let wanted = *plan_id;
+        // The owner's recovery checked the last segment's tail and only its
+        // writer has appended since; a reader without the lock checks it.
+        let tail_check = if self.owner {
+            TailCheck::LastSegmentUnchecked
+        } else {
+            TailCheck::Zeros
+        };
         let (sender, receiver) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT);
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
@@ -956,7 +968,7 @@ impl Store {
                 Some(RereadTree { root, proofs })
             });
             let mut chunk: Vec<Update> = Vec::with_capacity(CHUNK);
-            let scanned = log::read_only_scan(&self.dir, self.salvage, &mut |record| {
+            let scanned = log::read_only_scan(&self.dir, self.salvage, tail_check, &mut |record| {
                 let update = match record {
                     Record::ShardDone {
                         plan_id,
@@ -1120,6 +1132,31 @@ mod tests {
             .unwrap();
         assert!(store.reread_tree(&PLAN, shards, &sample).unwrap().is_none());
         store.close().unwrap();
+    }
+
+    #[test]
+    fn a_reader_without_the_lock_reports_stray_bytes_after_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), LogOptions::default()).unwrap();
+        store
+            .wait_durable(store.submit(vec![event(1), event(2)]).unwrap())
+            .unwrap();
+        store.close().unwrap();
+        drop(store);
+        // A stray byte well after the end of the data of the last segment.
+        let segment = dir.path().join(crate::log::storage::segment_file_name(0));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let data_end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        bytes[data_end + 4096] = 1;
+        std::fs::write(&segment, &bytes).unwrap();
+        match Store::open_read_only(dir.path(), false) {
+            Err(StoreError::Log(LogError::Corrupt {
+                segment: 0, offset, ..
+            })) => {
+                assert_eq!(offset, (data_end + 4096) as u64)
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+        }
     }
 
     fn event(seq: u64) -> Record {

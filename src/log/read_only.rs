@@ -4,12 +4,13 @@
 //!
 //! Nothing is locked, truncated or synced. A torn tail in the last segment
 //! is simply where reading stops (it may be a record being written right
-//! now), and so is the end of its data: the zeros after it are not read
-//! (the writer may be filling them). Damage anywhere else is reported as
-//! corruption, as in recovery.
+//! now). Damage anywhere else is reported as corruption, as in recovery,
+//! including bytes after the end of the last segment's data, unless the
+//! caller says the tail needs no check ([`TailCheck`]): the owner of the
+//! store, whose recovery checked it and whose writer alone appends there.
 
 use super::format::SegmentHeader;
-use super::segment::{self, ScanStop};
+use super::segment::{self, ScanStop, TailCheck};
 use super::storage::{parse_segment_file_name, segment_file_name};
 use super::{Damage, LogError, Record, RecoveryReport};
 use memmap2::Mmap;
@@ -34,6 +35,7 @@ fn io(dir: &Path, op: String, source: std::io::Error) -> LogError {
 pub fn read_only_scan(
     dir: &Path,
     salvage: bool,
+    tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record),
 ) -> Result<RecoveryReport, LogError> {
     let mut indices = Vec::new();
@@ -83,8 +85,7 @@ pub fn read_only_scan(
         // Pages already scanned are released as the scan goes, so reading a
         // store costs no more than a window of memory, however large.
         let mut released = 0usize;
-        let tail = segment::TailCheck::LastSegmentUnchecked;
-        let scan = segment::scan_with_offsets(bytes, is_last, tail, &mut |record, end| {
+        let scan = segment::scan_with_offsets(bytes, is_last, tail_check, &mut |record, end| {
             on_record(record);
             if end - released >= RELEASE_WINDOW_BYTES {
                 let upto = end / PAGE_BYTES * PAGE_BYTES;

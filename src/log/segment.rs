@@ -50,10 +50,10 @@ pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) ->
 pub enum TailCheck {
     /// Every byte to the end of the segment must be zero (recovery).
     Zeros,
-    /// Nothing, in the last segment: a reader beside a live writer stops at
-    /// the end of data, where the writer may be storing the next frames
-    /// right now, and does not read the (up to a segment of) zeros after
-    /// it. Other segments are checked as with `Zeros`.
+    /// Nothing, in the last segment: for the store's owner, whose recovery
+    /// checked the tail and whose writer alone has appended since, so the
+    /// (up to a segment of) zeros after the data need not be read again.
+    /// Other segments are checked as with `Zeros`.
     LastSegmentUnchecked,
 }
 
@@ -159,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_scan_does_not_read_past_the_last_segments_data() {
+    fn an_unchecked_tail_is_not_read_in_the_last_segment_only() {
         let records = one_of_each();
         let (mut s, starts) = segment_of(&records, 4096);
         let data_end = *starts.last().unwrap();

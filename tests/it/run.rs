@@ -46,6 +46,14 @@ fn failed_shards_block_downstream_exit_3_and_replay_finishes_the_subtree() {
         }
     }
     assert!(lines[40..].iter().all(|l| l["state"] == "pending"));
+    // Shards that never ran have no cas_id in the log, and export says so
+    // rather than printing zeros; failed ones carry theirs.
+    for line in &lines {
+        match line["state"].as_str().unwrap() {
+            "pending" => assert!(line["cas_id"].is_null(), "{line}"),
+            _ => assert_eq!(line["cas_id"].as_str().unwrap().len(), 64, "{line}"),
+        }
+    }
     let done_before: Vec<(String, String)> = lines
         .iter()
         .filter(|l| l["state"] == "done")
