@@ -59,9 +59,13 @@ fn hint(ptr: *mut u8, size: usize) {
         if end > start {
             // SAFETY: the range lies inside an allocation we just got and
             // is page-aligned; MADV_HUGEPAGE neither reads nor writes it.
-            // Failure (THP off, an old kernel) only means no hint.
+            // Failure (THP off, an old kernel) only means no hint, and must
+            // not leak into `errno`: a caller may allocate between a failed
+            // libc call and reading its error.
             unsafe {
+                let errno = *libc::__errno_location();
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                *libc::__errno_location() = errno;
             }
         }
     }

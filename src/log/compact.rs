@@ -142,7 +142,9 @@ pub(crate) fn compact_with_crash(
     if let Some(e) = first_error {
         return Err(e);
     }
-    new.commit()?;
+    // Durable before the swap, whatever `sync_commits` says: the old
+    // segments are removed once the new ones are in place.
+    new.sync_all()?;
     let report = CompactReport {
         records_before: old.record_count(),
         records_after: new.record_count(),

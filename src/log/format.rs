@@ -69,10 +69,12 @@
 //! buffer, in log order, and stores the buffer with one positional write
 //! (`pwrite`) at commit, or earlier when the buffer reaches its bound. The
 //! kernel copies a write into the page cache in ascending order and a fatal
-//! signal stops it only between pages, so a process killed at any instant
-//! leaves a prefix of the frame stream: whole frames, then possibly the
-//! start of one, which has one of the two tear shapes below and nothing
-//! else.
+//! signal stops it only between the page-cache folios it copies into (Linux
+//! `generic_perform_write`), so a process killed at any instant leaves a
+//! prefix of the frame stream: whole frames, then possibly the start of
+//! one, which has one of the two tear shapes below and nothing else. (A
+//! reader in this process sees a write in progress in any byte order; the
+//! CRC and the end marker reject what it has not finished.)
 //!
 //! # Payloads
 //!
