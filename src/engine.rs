@@ -1154,6 +1154,7 @@ impl Engine {
         let merge_error = |message: String| EngineError::Merge(message);
         let mut manifest: Option<Manifest> = None;
         let mut results: Vec<Option<(Hash, Hash, u32, u64)>> = Vec::new();
+        let mut worker_digests: Vec<(PathBuf, String)> = Vec::new();
         for dir in worker_dirs {
             let store = Store::open_read_only(dir, false)?;
             let workers: Vec<_> = store
@@ -1177,17 +1178,20 @@ impl Engine {
                 )));
             };
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked against the merged cas_ids once every slice is in:
+            // workers of different builds record different digest versions.
+            worker_digests.push((dir.clone(), plan.manifest.dag_digest.clone()));
             match &manifest {
                 None => {
                     manifest = Some(plan.manifest.clone());
                     results = vec![None; plan.shard_count() as usize];
                 }
-                Some(first) if first.dag_digest != plan.manifest.dag_digest => {
+                Some(_) if plan.shard_count() as usize != results.len() => {
                     return Err(merge_error(format!(
-                        "{}: a different plan (DAG digest {} is not {})",
+                        "{}: a different plan ({} shards, not {})",
                         dir.display(),
-                        plan.manifest.dag_digest,
-                        first.dag_digest
+                        plan.shard_count(),
+                        results.len()
                     )));
                 }
                 // A dry run's results are not a real run's (sql_migrate
@@ -1242,11 +1246,26 @@ impl Engine {
                 results.len()
             )));
         }
+        // Every worker ran the plan whose DAG the merged shards make up.
+        let cas_ids: Vec<Hash> = results
+            .iter()
+            .map(|result| result.expect("checked above").0)
+            .collect();
+        for (dir, digest) in &worker_digests {
+            if !dag::digest_identifies(&cas_ids, digest) {
+                return Err(merge_error(format!(
+                    "{}: a different plan (its DAG digest {digest} is not the merged shards' {})",
+                    dir.display(),
+                    to_hex(&dag::dag_digest(&cas_ids))
+                )));
+            }
+        }
+        manifest.dag_digest = to_hex(&dag::dag_digest(&cas_ids));
         // Merging the same results again gives back the plan merged before.
         for entry in self.store.plans() {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let same = plan.manifest.worker.is_none()
-                && plan.manifest.dag_digest == manifest.dag_digest
+                && dag::digest_identifies(&cas_ids, &plan.manifest.dag_digest)
                 && plan.finished.is_some()
                 && plan.shards.len() == results.len()
                 && plan.shards.iter().zip(&results).all(|(slot, result)| {

@@ -178,8 +178,7 @@ impl Dag {
     /// or the v1 digest that builds before v2 recorded, so that their
     /// incomplete plans still resume.
     pub fn has_digest(&self, digest_hex: &str) -> bool {
-        digest_hex == to_hex(&self.dag_digest)
-            || digest_hex == to_hex(&dag_digest_v1(&self.cas_ids))
+        digest_identifies(&self.cas_ids, digest_hex)
     }
 
     pub fn edge_count(&self) -> usize {
@@ -486,11 +485,17 @@ fn cas_id(prefix: &Sha256, input: &PartitionInput, deps: &[Hash]) -> Hash {
     hasher.finalize().into()
 }
 
+/// Whether `digest_hex` is the DAG digest (v2, or v1 of older builds) of a
+/// DAG with these cas_ids in leaf order (`hxo merge` has only those).
+pub fn digest_identifies(cas_ids: &[Hash], digest_hex: &str) -> bool {
+    digest_hex == to_hex(&dag_digest(cas_ids)) || digest_hex == to_hex(&dag_digest_v1(cas_ids))
+}
+
 /// Identifies a DAG: SHA-256 over a version tag, the shard count and the
 /// SHA-256 of each run of `DAG_DIGEST_CHUNK` cas_ids in leaf order. The runs
 /// are hashed in parallel (one stream over 10^6 cas_ids took 18 ms alone);
 /// identification is all it is for, so no tree is needed.
-fn dag_digest(cas_ids: &[Hash]) -> Hash {
+pub fn dag_digest(cas_ids: &[Hash]) -> Hash {
     const DAG_DIGEST_CHUNK: usize = 32_768;
     let chunk_digests: Vec<Hash> = cas_ids
         .par_chunks(DAG_DIGEST_CHUNK)

@@ -153,3 +153,49 @@ fn worker_flags_are_checked_and_barriers_are_refused() {
     );
     assert_code(&bad_env, 2);
 }
+
+#[test]
+fn workers_of_different_plans_are_not_merged() {
+    // Two workers of one plan, one of a plan that differs only in a seed
+    // (same shape, other cas_ids), one of a plan with more shards.
+    let small = |seed: u32, shards: u32| {
+        format!(
+            r#"{{"name": "small", "stages": [{{"id": "s", "kind": "synthetic", "config": {{"shards": {shards}, "seed": {seed}}}}}]}}"#
+        )
+    };
+    let run_worker = |plan_text: &str, index: &str| -> Sandbox {
+        let worker = Sandbox::new();
+        let plan = worker.plan("small.json", plan_text);
+        let output = worker.run(&[
+            "run",
+            "--worker-count",
+            "2",
+            "--worker-index",
+            index,
+            plan.to_str().unwrap(),
+        ]);
+        assert_code(&output, 0);
+        worker
+    };
+    let workers = [
+        run_worker(&small(1, 6), "0"),
+        run_worker(&small(1, 6), "1"),
+        run_worker(&small(2, 6), "1"),
+        run_worker(&small(1, 8), "1"),
+    ];
+    let [first, second, other_seed, more_shards] = workers
+        .each_ref()
+        .map(|w| w.db().to_string_lossy().into_owned());
+
+    let merged = Sandbox::new().run(&["merge", "--json", &first, &second]);
+    assert_code(&merged, 0);
+    assert_eq!(json(&merged)["truth_certified"], true);
+    for (other, why) in [
+        (&other_seed, "a different plan (its DAG digest"),
+        (&more_shards, "a different plan (8 shards, not 6)"),
+    ] {
+        let refused = Sandbox::new().run(&["merge", &first, other]);
+        assert_code(&refused, 2);
+        assert!(stderr(&refused).contains(why), "{}", stderr(&refused));
+    }
+}
