@@ -27,11 +27,9 @@
 //! the binary; ASCII text indexes identically on every toolchain.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::config::ConfigError;
 use super::support::{check_cancel, file_units, read_verified, write_artifact, UnitHasher};
 use crate::exec::ExecError;
 use crate::exec::Executor;
@@ -53,18 +51,6 @@ pub const TERM_LEN_MAX_CHARS: usize = 64;
 /// Builds a content-addressed inverted index of a shard's Markdown files.
 #[derive(Debug, Clone, Default)]
 pub struct DocsIndex {}
-
-impl DocsIndex {
-    /// The executor's own config keys (it has none).
-    pub const CONFIG_KEYS: &'static [&'static str] = &[];
-
-    pub fn from_config(
-        _config: &Map<String, Value>,
-        _base_dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {})
-    }
-}
 
 /// True for `.md` and `.markdown` files (case-insensitive).
 pub fn is_markdown(path: &str) -> bool {
@@ -212,7 +198,7 @@ mod tests {
     }
 
     fn exec() -> DocsIndex {
-        DocsIndex::from_config(&Map::new(), Path::new("/")).unwrap()
+        DocsIndex::default()
     }
 
     #[test]

@@ -14,11 +14,6 @@
 //! The size and digest recorded are those of the bytes actually read, which
 //! must equal the compile-time fingerprint; a changed file fails the shard.
 
-use std::path::Path;
-
-use serde_json::{Map, Value};
-
-use super::config::ConfigError;
 use super::support::{check_cancel, file_units, json_str, stream_verified, write_artifact};
 use crate::exec::ExecError;
 use crate::exec::Executor;
@@ -37,19 +32,6 @@ pub const ARTIFACT_KIND: &str = "assets";
 /// Indexes a shard's asset files into a content-addressed manifest.
 #[derive(Debug, Clone, Default)]
 pub struct IndexAssets {}
-
-impl IndexAssets {
-    /// The executor's own config keys (it has none; `root` and `buckets`
-    /// belong to the partitioner).
-    pub const CONFIG_KEYS: &'static [&'static str] = &[];
-
-    pub fn from_config(
-        _config: &Map<String, Value>,
-        _base_dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {})
-    }
-}
 
 /// MIME type from the extension of `path` (case-insensitive);
 /// `application/octet-stream` when unknown.
@@ -157,7 +139,7 @@ mod tests {
     }
 
     fn exec() -> IndexAssets {
-        IndexAssets::from_config(&Map::new(), Path::new("/")).unwrap()
+        IndexAssets::default()
     }
 
     #[test]
@@ -179,7 +161,7 @@ mod tests {
         let manifests = fx.artifact_files(ARTIFACT_KIND);
         assert_eq!(manifests.len(), 1);
         let text = std::fs::read_to_string(&manifests[0]).unwrap();
-        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         let items = parsed.as_array().unwrap();
         assert_eq!(items.len(), 5);
         assert_eq!(items[0]["path"], "css/site.css");

@@ -156,19 +156,13 @@ pub fn build(stage: &Stage, base_dir: &Path) -> Result<Arc<dyn Executor>, Config
     Ok(match stage.executor {
         ExecutorKind::Synthetic => Arc::new(synthetic::Synthetic::from_config(config)?),
         ExecutorKind::Exec => Arc::new(shell::Shell::from_config(config, base_dir)?),
-        ExecutorKind::PackBackend => {
-            Arc::new(pack_backend::PackBackend::from_config(config, base_dir)?)
-        }
-        ExecutorKind::IndexAssets => {
-            Arc::new(index_assets::IndexAssets::from_config(config, base_dir)?)
-        }
-        ExecutorKind::DocsIndex => Arc::new(docs_index::DocsIndex::from_config(config, base_dir)?),
-        ExecutorKind::WarmRegistry => {
-            Arc::new(warm_registry::WarmRegistry::from_config(config, base_dir)?)
-        }
-        ExecutorKind::PrimeCaches => {
-            Arc::new(prime_caches::PrimeCaches::from_config(config, base_dir)?)
-        }
+        // The guide's file and graph executors take no config of their own
+        // (their inputs come from the partitioners).
+        ExecutorKind::PackBackend => Arc::new(pack_backend::PackBackend::default()),
+        ExecutorKind::IndexAssets => Arc::new(index_assets::IndexAssets::default()),
+        ExecutorKind::DocsIndex => Arc::new(docs_index::DocsIndex::default()),
+        ExecutorKind::WarmRegistry => Arc::new(warm_registry::WarmRegistry::default()),
+        ExecutorKind::PrimeCaches => Arc::new(prime_caches::PrimeCaches::default()),
         ExecutorKind::SqlMigrate => {
             let mut executor = sql_migrate::SqlMigrate::from_config(config, base_dir)?;
             executor.require_dry_run = stage.blueprint.require_dry_run;

@@ -21,12 +21,9 @@
 //! long-name entry.
 
 use std::io::Write;
-use std::path::Path;
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::config::ConfigError;
 use super::support::{check_cancel, file_units, ArtifactWriter, VerifyingReader};
 use crate::exec::ExecError;
 use crate::exec::Executor;
@@ -44,19 +41,6 @@ pub const ARTIFACT_KIND: &str = "packs";
 /// Packs a shard's files into a content-addressed tar archive.
 #[derive(Debug, Clone, Default)]
 pub struct PackBackend {}
-
-impl PackBackend {
-    /// The executor's own config keys (it has none; `root` and
-    /// `chunk_size_mb` belong to the partitioner).
-    pub const CONFIG_KEYS: &'static [&'static str] = &[];
-
-    pub fn from_config(
-        _config: &Map<String, Value>,
-        _base_dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {})
-    }
-}
 
 /// `SHA-256(rel_path || 0x00 || content_sha256)`.
 pub fn unit_digest(entry: &FileEntry) -> Hash {
@@ -146,7 +130,7 @@ mod tests {
     }
 
     fn exec() -> PackBackend {
-        PackBackend::from_config(&Map::new(), Path::new("/")).unwrap()
+        PackBackend::default()
     }
 
     #[test]

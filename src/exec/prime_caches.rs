@@ -4,11 +4,8 @@
 //!
 //! See [`PrimeCaches`] for exactly what it computes.
 
-use std::path::Path;
+use serde_json::{json, Value};
 
-use serde_json::{json, Map, Value};
-
-use super::config::ConfigError;
 use super::support::{
     check_cancel, file_units, stream_verified, unit_indices, write_artifact, wrong_input,
     UnitHasher,
@@ -65,19 +62,6 @@ const HEAD_CAPTURE_BYTES: usize = 8 * 1024;
 /// digest is the RFC 6962 tree hash of the unit digests.
 #[derive(Debug, Clone, Default)]
 pub struct PrimeCaches {}
-
-impl PrimeCaches {
-    /// The executor's own config keys (it has none; `root`, `modules` and
-    /// `graph` belong to the partitioners).
-    pub const CONFIG_KEYS: &'static [&'static str] = &[];
-
-    pub fn from_config(
-        _config: &Map<String, Value>,
-        _base_dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {})
-    }
-}
 
 /// What the cache records about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +202,7 @@ mod tests {
     use crate::exec::support::testing::{assert_cancels, assert_split_recombines, Fixture};
 
     fn exec() -> PrimeCaches {
-        PrimeCaches::from_config(&Map::new(), Path::new("/")).unwrap()
+        PrimeCaches::default()
     }
 
     fn sample(fx: &Fixture) -> PartitionInput {

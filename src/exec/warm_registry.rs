@@ -4,11 +4,8 @@
 //! This is a line-pattern scanner, not a parser; see [`WarmRegistry`] for
 //! exactly what it matches.
 
-use std::path::Path;
+use serde_json::json;
 
-use serde_json::{json, Map, Value};
-
-use super::config::ConfigError;
 use super::support::{check_cancel, file_units, read_verified, write_artifact, UnitHasher};
 use crate::exec::ExecError;
 use crate::exec::Executor;
@@ -62,19 +59,6 @@ pub const FILE_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// exported flag (0 or 1).
 #[derive(Debug, Clone, Default)]
 pub struct WarmRegistry {}
-
-impl WarmRegistry {
-    /// The executor's own config keys (it has none; `root`/`modules` belong
-    /// to the partitioner).
-    pub const CONFIG_KEYS: &'static [&'static str] = &[];
-
-    pub fn from_config(
-        _config: &Map<String, Value>,
-        _base_dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {})
-    }
-}
 
 /// A source language the scanner knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,7 +385,7 @@ export class $Store {}
     }
 
     fn exec() -> WarmRegistry {
-        WarmRegistry::from_config(&Map::new(), Path::new("/")).unwrap()
+        WarmRegistry::default()
     }
 
     #[test]
@@ -412,7 +396,8 @@ export class $Store {}
         assert_eq!(first, fx.run_all(&exec(), &input).unwrap());
         let files = fx.artifact_files(ARTIFACT_KIND);
         assert_eq!(files.len(), 1);
-        let registry: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+        let registry: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
         let symbols = registry["symbols"].as_array().unwrap();
         assert_eq!(symbols.len(), 4 + 7 + 6);
         assert_eq!(
