@@ -463,24 +463,25 @@ impl Engine {
                 // stay untouched until outcomes land).
                 initial.resize(dag.shard_count(), Initial::Pending);
                 need_reuse = true;
-            }
-            for (leaf, slot) in plan.shards.iter().enumerate().skip(initial.len()) {
-                let theirs = worker.is_some_and(|worker| {
-                    let stage = &dag.stages[dag.stage_of(LeafIndex(leaf as u32))];
-                    !worker.owns(leaf as u64 - stage.first_leaf as u64)
-                });
-                initial.push(match slot.state {
-                    SlotState::Done => Initial::Done,
-                    SlotState::Failed | SlotState::Aborted => Initial::Failed,
-                    // Another worker's shard: it neither runs nor blocks
-                    // anything here, and nothing is recorded for it (its
-                    // worker's log has it; `hxo merge` unions them).
-                    SlotState::Pending if theirs => Initial::Done,
-                    SlotState::Pending => {
-                        need_reuse = true;
-                        Initial::Pending
-                    }
-                });
+            } else {
+                for (leaf, slot) in plan.shards.iter().enumerate() {
+                    let theirs = worker.is_some_and(|worker| {
+                        let stage = &dag.stages[dag.stage_of(LeafIndex(leaf as u32))];
+                        !worker.owns(leaf as u64 - stage.first_leaf as u64)
+                    });
+                    initial.push(match slot.state {
+                        SlotState::Done => Initial::Done,
+                        SlotState::Failed | SlotState::Aborted => Initial::Failed,
+                        // Another worker's shard: it neither runs nor blocks
+                        // anything here, and nothing is recorded for it (its
+                        // worker's log has it; `hxo merge` unions them).
+                        SlotState::Pending if theirs => Initial::Done,
+                        SlotState::Pending => {
+                            need_reuse = true;
+                            Initial::Pending
+                        }
+                    });
+                }
             }
         }
         let mut reused: Vec<Record> = Vec::new();
@@ -1251,21 +1252,21 @@ impl Engine {
             .iter()
             .map(|result| result.expect("checked above").0)
             .collect();
-        for (dir, digest) in &worker_digests {
-            if !dag::digest_identifies(&cas_ids, digest) {
+        let [digest, digest_v1] = dag::digests_of(&cas_ids).map(|d| to_hex(&d));
+        let identifies = |recorded: &String| *recorded == digest || *recorded == digest_v1;
+        for (dir, recorded) in &worker_digests {
+            if !identifies(recorded) {
                 return Err(merge_error(format!(
-                    "{}: a different plan (its DAG digest {digest} is not the merged shards' {})",
+                    "{}: a different plan (its DAG digest {recorded} is not the merged shards' {digest})",
                     dir.display(),
-                    to_hex(&dag::dag_digest(&cas_ids))
                 )));
             }
         }
-        manifest.dag_digest = to_hex(&dag::dag_digest(&cas_ids));
         // Merging the same results again gives back the plan merged before.
         for entry in self.store.plans() {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let same = plan.manifest.worker.is_none()
-                && dag::digest_identifies(&cas_ids, &plan.manifest.dag_digest)
+                && identifies(&plan.manifest.dag_digest)
                 && plan.finished.is_some()
                 && plan.shards.len() == results.len()
                 && plan.shards.iter().zip(&results).all(|(slot, result)| {
@@ -1276,6 +1277,7 @@ impl Engine {
                 return Ok(plan.plan_id);
             }
         }
+        manifest.dag_digest = digest;
         manifest.worker = None;
         manifest.submitted_by = merged_by.to_string();
         let plan_id = *uuid::Uuid::new_v4().as_bytes();

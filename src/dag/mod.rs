@@ -178,7 +178,8 @@ impl Dag {
     /// or the v1 digest that builds before v2 recorded, so that their
     /// incomplete plans still resume.
     pub fn has_digest(&self, digest_hex: &str) -> bool {
-        digest_identifies(&self.cas_ids, digest_hex)
+        digest_hex == to_hex(&self.dag_digest)
+            || digest_hex == to_hex(&dag_digest_v1(&self.cas_ids))
     }
 
     pub fn edge_count(&self) -> usize {
@@ -485,10 +486,11 @@ fn cas_id(prefix: &Sha256, input: &PartitionInput, deps: &[Hash]) -> Hash {
     hasher.finalize().into()
 }
 
-/// Whether `digest_hex` is the DAG digest (v2, or v1 of older builds) of a
-/// DAG with these cas_ids in leaf order (`hxo merge` has only those).
-pub fn digest_identifies(cas_ids: &[Hash], digest_hex: &str) -> bool {
-    digest_hex == to_hex(&dag_digest(cas_ids)) || digest_hex == to_hex(&dag_digest_v1(cas_ids))
+/// The digests that identify a DAG with these cas_ids in leaf order (what
+/// `hxo merge` has of it): the current one, then the v1 digest that older
+/// builds recorded.
+pub fn digests_of(cas_ids: &[Hash]) -> [Hash; 2] {
+    [dag_digest(cas_ids), dag_digest_v1(cas_ids)]
 }
 
 /// Identifies a DAG: SHA-256 over a version tag, the shard count and the

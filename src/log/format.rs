@@ -657,16 +657,17 @@ pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooL
 /// writer packs a batch of frames into one buffer this way). Returns the
 /// payload length; on error `out` is unchanged.
 pub fn append_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooLong> {
+    let len = record.payload_len()?;
     let start = out.len();
-    let len = append_unsealed_frame(record, out)?;
+    append_unsealed_frame(record, len, out);
     seal_frames(out, &[start]);
     Ok(len)
 }
 
-/// [`append_frame`] with the CRC field left zero: [`seal_frames`] fills it
-/// in later, for many frames at once.
-pub fn append_unsealed_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooLong> {
-    let len = record.payload_len()?;
+/// [`append_frame`] with the CRC field left zero ([`seal_frames`] fills it
+/// in later, for many frames at once), for a record whose
+/// [`Record::payload_len`] the caller already has as `len`.
+pub fn append_unsealed_frame(record: &Record, len: u32, out: &mut Vec<u8>) {
     let start = out.len();
     out.reserve(FRAME_OVERHEAD + len as usize);
     out.extend_from_slice(&len.to_le_bytes());
@@ -678,7 +679,6 @@ pub fn append_unsealed_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, 
     // the header promises (the reader checks the other half).
     assert_eq!(out.len() - start, FRAME_HEADER_SIZE + len as usize);
     out.push(END_MARKER);
-    Ok(len)
 }
 
 /// Fills in the CRC field of the frames of `buf` starting at `starts`
@@ -1163,7 +1163,7 @@ pub(crate) mod tests {
             let mut starts = Vec::new();
             for record in &chosen {
                 starts.push(batched.len());
-                append_unsealed_frame(record, &mut batched).unwrap();
+                append_unsealed_frame(record, record.payload_len().unwrap(), &mut batched);
             }
             seal_frames(&mut batched, &starts);
             assert_eq!(batched, one_by_one, "{count} frames");

@@ -549,7 +549,8 @@ impl Log {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
-        let frame_len = FRAME_OVERHEAD_BYTES + u64::from(record.payload_len()?);
+        let len = record.payload_len()?;
+        let frame_len = FRAME_OVERHEAD_BYTES + u64::from(len);
         let last = *self.segments.last().expect("INVARIANT: non-empty");
         if last.data_end + frame_len > last.size_bytes {
             let capacity_bytes = self.opts.segment_capacity_bytes();
@@ -562,10 +563,7 @@ impl Log {
             self.roll_over()?;
         }
         self.unsealed.push(self.pending.len());
-        if let Err(e) = format::append_unsealed_frame(record, &mut self.pending) {
-            self.unsealed.pop();
-            return Err(e.into());
-        }
+        format::append_unsealed_frame(record, len, &mut self.pending);
         let last = self.segments.last_mut().expect("INVARIANT: non-empty");
         last.data_end += frame_len;
         self.record_count += 1;
