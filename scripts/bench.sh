@@ -6,14 +6,17 @@
 #                               durable vs --no-sync, exec vs xargs -P / parallel
 #   SHARDS=10000000 scripts/bench.sh   the same at 10^7 (takes minutes)
 #   RUNS=5 scripts/bench.sh     repetitions per measurement (default 3)
+#   HXO=path BARE=path scripts/bench.sh   prebuilt binaries (another machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-1000000}
 RUNS=${RUNS:-3}
 EXEC_SHARDS=${EXEC_SHARDS:-5000}
-cargo build --release --quiet --bin hxo --example bare_hashing
-HXO=$PWD/target/release/hxo
-BARE=$PWD/target/release/examples/bare_hashing
+if [ -z "${HXO:-}" ]; then
+  cargo build --release --quiet --bin hxo --example bare_hashing
+  HXO=$PWD/target/release/hxo
+  BARE=$PWD/target/release/examples/bare_hashing
+fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cat > "$WORK/noop.json" <<JSON

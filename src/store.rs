@@ -622,6 +622,8 @@ impl Store {
         // slows the writer rather than queueing without limit.
         let (applied_tx, applied_rx) =
             crossbeam_channel::bounded::<Vec<Record>>(crate::limits::APPLY_QUEUE_BATCHES_MAX);
+        // Applied groups go back to the writer to be filled again.
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Vec<Record>>(2);
         let applier_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let alive = applier_alive.clone();
         let applier = std::thread::Builder::new()
@@ -656,6 +658,10 @@ impl Store {
                         .unwrap_or_else(|e| e.into_inner());
                     *count += records.len() as u64;
                     durable.advanced.notify_all();
+                    drop(count);
+                    let mut records = records;
+                    records.clear();
+                    let _ = spare_tx.try_send(records);
                 }
             })
             .map_err(|source| {
@@ -668,6 +674,7 @@ impl Store {
                 // The applier only stops when this sender is dropped.
                 let _ = applied_tx.send(records);
             }),
+            Some(spare_rx),
         )?;
         let writer_failed = writer.failure_handle();
         Ok(Store {
@@ -910,6 +917,9 @@ impl Store {
             TailCheck::Zeros
         };
         let (sender, receiver) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT);
+        // Hashed chunks come back to be filled again: a run reads its whole
+        // log here, and fresh chunks would fault in that much memory anew.
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT + 1);
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut leaves = vec![[0u8; 32]; count];
@@ -917,14 +927,15 @@ impl Store {
                 let mut tree = BlockTree::new(shard_count, BLOCK_LOG2, sample);
                 let mut done_in_block = vec![0u64; tree.block_count()];
                 let mut touched: Vec<usize> = Vec::new();
+                let mut hashed: Vec<Option<Hash>> = Vec::with_capacity(CHUNK);
                 // Chunks arrive in log order, so a later outcome of a leaf
                 // overwrites an earlier one.
-                for chunk in receiver {
-                    let hashed: Vec<Option<Hash>> = chunk
+                for mut chunk in receiver {
+                    chunk
                         .par_iter()
                         .map(|(_, data)| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
-                        .collect();
-                    for ((leaf, _), hash) in chunk.iter().zip(hashed) {
+                        .collect_into_vec(&mut hashed);
+                    for ((leaf, _), &hash) in chunk.iter().zip(&hashed) {
                         let block = tree.block_of(*leaf);
                         let leaf = *leaf as usize;
                         if done[leaf] != hash.is_some() {
@@ -942,6 +953,8 @@ impl Store {
                             touched.push(block);
                         }
                     }
+                    chunk.clear();
+                    let _ = spare_tx.try_send(chunk);
                     touched.sort_unstable();
                     touched.dedup();
                     for block in touched.drain(..) {
@@ -991,7 +1004,10 @@ impl Store {
                 };
                 chunk.push(update);
                 if chunk.len() == CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    let next = spare_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                    let full = std::mem::replace(&mut chunk, next);
                     // The hasher ends only when the channel closes.
                     let _ = sender.send(full);
                 }

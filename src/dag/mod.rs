@@ -457,9 +457,11 @@ fn cas_id(prefix: &Sha256, input: &PartitionInput, deps: &[Hash]) -> Hash {
     let mut hasher = prefix.clone();
     match input {
         PartitionInput::Range { start, end } => {
-            hasher.update([1u8]);
-            hasher.update(start.to_le_bytes());
-            hasher.update(end.to_le_bytes());
+            // One update, not three: this runs once per shard of a plan.
+            let mut encoded = [1u8; 17];
+            encoded[1..9].copy_from_slice(&start.to_le_bytes());
+            encoded[9..].copy_from_slice(&end.to_le_bytes());
+            hasher.update(encoded);
         }
         PartitionInput::Files { files, .. } => {
             hasher.update([2u8]);

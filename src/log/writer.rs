@@ -18,6 +18,10 @@
 //! never called for the failed group. Batches queued behind the failure are
 //! dropped unacknowledged; a resume after reopening the store redoes them.
 //!
+//! A group's records can come back through `spares` once applied: the
+//! writer then gathers the next group into that allocation instead of
+//! growing a fresh vector (megabytes at `COMMIT_RECORDS_MAX`) per commit.
+//!
 //! Termination: [`Writer::finish`] closes the channel; the thread drains
 //! what is queued, commits, and returns the log. Dropping a `Writer` does
 //! the same and discards the result.
@@ -57,6 +61,7 @@ pub fn spawn_writer(
     log: Log,
     queue_capacity_batches: usize,
     on_durable: OnDurable,
+    spares: Option<Receiver<Vec<Record>>>,
 ) -> Result<Writer, LogError> {
     let (tx, rx) = crossbeam_channel::bounded(queue_capacity_batches.max(1));
     let failure = Arc::new(OnceLock::new());
@@ -65,7 +70,7 @@ pub fn spawn_writer(
     let thread_failure = Arc::clone(&failure);
     let thread = std::thread::Builder::new()
         .name("hxo-log-writer".to_owned())
-        .spawn(move || run(log, rx, on_durable, &thread_failure))
+        .spawn(move || run(log, rx, on_durable, spares, &thread_failure))
         .map_err(|source| LogError::Io {
             store,
             op: "spawning the log writer thread".to_owned(),
@@ -83,17 +88,26 @@ fn run(
     mut log: Log,
     rx: Receiver<Vec<Record>>,
     mut on_durable: OnDurable,
+    spares: Option<Receiver<Vec<Record>>>,
     failure: &OnceLock<Arc<LogError>>,
 ) -> WriterExit {
     let mut carried: Option<Vec<Record>> = None;
     loop {
-        let mut group = match carried.take() {
+        let mut first = match carried.take() {
             Some(batch) => batch,
             None => match rx.recv() {
                 Ok(batch) => batch,
                 // Closed and drained: a clean finish.
                 Err(_) => break,
             },
+        };
+        let mut group = match spares.as_ref().and_then(|spares| spares.try_recv().ok()) {
+            Some(mut spare) => {
+                spare.clear();
+                spare.append(&mut first);
+                spare
+            }
+            None => first,
         };
         while group.len() < COMMIT_RECORDS_MAX {
             match rx.try_recv() {
@@ -235,7 +249,7 @@ mod tests {
         let disk = storage.disk();
         let (log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
         let (on_durable, seen) = collect();
-        let writer = spawn_writer(log, 4, on_durable).unwrap();
+        let writer = spawn_writer(log, 4, on_durable, None).unwrap();
         let mut expected = Vec::new();
         for b in 0..20u64 {
             let batch: Vec<Record> = (0..7).map(|i| shard_done(b * 7 + i)).collect();
@@ -251,6 +265,31 @@ mod tests {
         let mut got = Vec::new();
         recovered.for_each_record(&mut |r| got.push(r)).unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn groups_handed_back_as_spares_are_emptied_and_refilled() {
+        let storage = MemStorage::new();
+        let (log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Vec<Record>>(2);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        // Hands every group back still full, with room to spare: the writer
+        // must empty it before gathering the next group into it.
+        let on_durable: OnDurable = Box::new(move |mut group: Vec<Record>| {
+            sink.lock().unwrap().extend(group.iter().cloned());
+            group.reserve(64);
+            let _ = spare_tx.try_send(group);
+        });
+        let writer = spawn_writer(log, 1, on_durable, Some(spare_rx)).unwrap();
+        let mut expected = Vec::new();
+        for b in 0..30u64 {
+            let batch: Vec<Record> = (0..5).map(|i| shard_done(b * 5 + i)).collect();
+            expected.extend(batch.clone());
+            writer.submit(batch).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(*seen.lock().unwrap(), expected);
     }
 
     #[test]
@@ -274,6 +313,7 @@ mod tests {
                     let _ = gate_rx.recv();
                 }
             }),
+            None,
         )
         .unwrap();
         writer.submit(vec![shard_done(0)]).unwrap();
@@ -304,7 +344,7 @@ mod tests {
             ..Faults::default()
         });
         let (on_durable, seen) = collect();
-        let writer = spawn_writer(log, 1, on_durable).unwrap();
+        let writer = spawn_writer(log, 1, on_durable, None).unwrap();
         writer.submit(vec![shard_done(0)]).unwrap();
         // Wait for the first group to be durable, so the second one is the
         // one whose sync fails.
@@ -345,7 +385,7 @@ mod tests {
         };
         let (log, _) = Log::open_with(Box::new(MemStorage::new()), opts).unwrap();
         let (on_durable, seen) = collect();
-        let writer = spawn_writer(log, 2, on_durable).unwrap();
+        let writer = spawn_writer(log, 2, on_durable, None).unwrap();
         let too_big = Record::Event {
             seq: 1,
             at_ms: 0,
