@@ -13,7 +13,7 @@
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
 use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, TailCheck};
-use crate::merkle::{BlockTree, InclusionProof};
+use crate::merkle::{InclusionProof, LatestLeaves};
 use crate::plan::Manifest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,10 @@ pub struct AbortInfo {
     pub actor: String,
     pub reason: String,
 }
+
+/// One shard outcome as certification reads it: the leaf, and its leaf
+/// data (`cas_id || output_digest`) when DONE, `None` when FAILED.
+type LeafUpdate = (u64, Option<[u8; 64]>);
 
 /// A plan's tree as read back from the log files ([`Store::reread_tree`]).
 #[derive(Clone, Debug)]
@@ -621,9 +625,7 @@ impl Store {
         // channel keeps them in log order; it is bounded, so a slow applier
         // slows the writer rather than queueing without limit.
         let (applied_tx, applied_rx) =
-            crossbeam_channel::bounded::<Vec<Record>>(crate::limits::APPLY_QUEUE_BATCHES_MAX);
-        // Applied groups go back to the writer to be filled again.
-        let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Vec<Record>>(2);
+            crossbeam_channel::bounded::<Vec<Vec<Record>>>(crate::limits::APPLY_QUEUE_BATCHES_MAX);
         let applier_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let alive = applier_alive.clone();
         let applier = std::thread::Builder::new()
@@ -638,30 +640,33 @@ impl Store {
                     }
                 }
                 let _lower = Lower(alive);
-                for records in applied_rx {
+                for group in applied_rx {
                     {
                         let mut index = sink.write().unwrap_or_else(|e| e.into_inner());
-                        // Manifests written by this process were serialised
-                        // from a Manifest: they always parse.
-                        index
-                            .apply(&records)
-                            .expect("records written by this process apply cleanly");
+                        for records in &group {
+                            // Manifests written by this process were
+                            // serialised from a Manifest: they always parse.
+                            index
+                                .apply(records)
+                                .expect("records written by this process apply cleanly");
+                        }
                     }
                     if let Some(listener) =
                         listen.read().unwrap_or_else(|e| e.into_inner()).as_ref()
                     {
-                        listener(&records);
+                        for records in &group {
+                            listener(records);
+                        }
                     }
                     let mut count = durable
                         .durable_records
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
-                    *count += records.len() as u64;
+                    *count += group
+                        .iter()
+                        .map(|records| records.len() as u64)
+                        .sum::<u64>();
                     durable.advanced.notify_all();
-                    drop(count);
-                    let mut records = records;
-                    records.clear();
-                    let _ = spare_tx.try_send(records);
                 }
             })
             .map_err(|source| {
@@ -670,11 +675,10 @@ impl Store {
         let writer = log::spawn_writer(
             log,
             crate::limits::LOG_QUEUE_BATCHES_MAX,
-            Box::new(move |records: Vec<Record>| {
+            Box::new(move |group: Vec<Vec<Record>>| {
                 // The applier only stops when this sender is dropped.
-                let _ = applied_tx.send(records);
+                let _ = applied_tx.send(group);
             }),
-            Some(spare_rx),
         )?;
         let writer_failed = writer.failure_handle();
         Ok(Store {
@@ -890,8 +894,10 @@ impl Store {
     /// This thread scans and decodes; leaf data goes in bounded chunks, in
     /// log order, to a second thread that hashes each chunk's leaves on the
     /// rayon pool and, as soon as an aligned block of leaves is complete,
-    /// its subtree ([`BlockTree`]). Reading the log and building the tree
-    /// overlap, and memory stays at one hash per shard plus a few chunks.
+    /// its subtree ([`LatestLeaves`]). Reading the log and building the tree
+    /// overlap, and memory stays at the leaves of the blocks still open plus
+    /// a few chunks. A block that an outcome reaches after it was hashed (a
+    /// replay) is read again in a second scan.
     pub fn reread_tree(
         &self,
         plan_id: &PlanId,
@@ -904,104 +910,33 @@ impl Store {
         const CHUNKS_IN_FLIGHT: usize = 2;
         /// Leaves per block: 2^15, a megabyte of hashes.
         const BLOCK_LOG2: u32 = 15;
-        /// One record's effect: `Some(leaf data)` for a DONE outcome,
-        /// `None` for a FAILED one (the shard is not done any more).
-        type Update = (u64, Option<[u8; 64]>);
-        let count = shard_count as usize;
-        let wanted = *plan_id;
-        // The owner's recovery checked the last segment's tail and only its
-        // writer has appended since; a reader without the lock checks it.
-        let tail_check = if self.owner {
-            TailCheck::LastSegmentUnchecked
-        } else {
-            TailCheck::Zeros
-        };
-        let (sender, receiver) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT);
+        let (sender, receiver) = crossbeam_channel::bounded::<Vec<LeafUpdate>>(CHUNKS_IN_FLIGHT);
         // Hashed chunks come back to be filled again: a run reads its whole
         // log here, and fresh chunks would fault in that much memory anew.
-        let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Vec<Update>>(CHUNKS_IN_FLIGHT + 1);
-        std::thread::scope(|scope| {
+        let (spare_tx, spare_rx) =
+            crossbeam_channel::bounded::<Vec<LeafUpdate>>(CHUNKS_IN_FLIGHT + 1);
+        let (stream, scanned) = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
-                let mut leaves = vec![[0u8; 32]; count];
-                let mut done = vec![false; count];
-                let mut tree = BlockTree::new(shard_count, BLOCK_LOG2, sample);
-                let mut done_in_block = vec![0u64; tree.block_count()];
-                let mut touched: Vec<usize> = Vec::new();
+                let mut stream = LatestLeaves::new(shard_count, BLOCK_LOG2, sample);
                 let mut hashed: Vec<Option<Hash>> = Vec::with_capacity(CHUNK);
-                // Chunks arrive in log order, so a later outcome of a leaf
-                // overwrites an earlier one.
                 for mut chunk in receiver {
                     chunk
                         .par_iter()
                         .map(|(_, data)| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
                         .collect_into_vec(&mut hashed);
-                    for ((leaf, _), &hash) in chunk.iter().zip(&hashed) {
-                        let block = tree.block_of(*leaf);
-                        let leaf = *leaf as usize;
-                        if done[leaf] != hash.is_some() {
-                            done[leaf] = hash.is_some();
-                            if done[leaf] {
-                                done_in_block[block] += 1;
-                            } else {
-                                done_in_block[block] -= 1;
-                            }
-                        }
-                        if let Some(hash) = hash {
-                            leaves[leaf] = hash;
-                        }
-                        if touched.last() != Some(&block) {
-                            touched.push(block);
-                        }
-                    }
+                    stream.apply(
+                        chunk
+                            .iter()
+                            .map(|(leaf, _)| *leaf)
+                            .zip(hashed.iter().copied()),
+                    );
                     chunk.clear();
                     let _ = spare_tx.try_send(chunk);
-                    touched.sort_unstable();
-                    touched.dedup();
-                    for block in touched.drain(..) {
-                        let range = tree.block_range(block);
-                        if done_in_block[block] == range.end - range.start {
-                            let range = range.start as usize..range.end as usize;
-                            tree.hash_block(block, &leaves[range]);
-                        } else if tree.is_hashed(block) {
-                            tree.forget_block(block);
-                        }
-                    }
                 }
-                if !done.iter().all(|d| *d) {
-                    return None;
-                }
-                let (root, proofs) = tree.finish().expect("every block of done leaves is hashed");
-                let proofs = proofs
-                    .into_iter()
-                    .map(|proof| {
-                        let leaf = leaves[proof.leaf_index as usize];
-                        (proof, leaf)
-                    })
-                    .collect();
-                Some(RereadTree { root, proofs })
+                stream
             });
-            let mut chunk: Vec<Update> = Vec::with_capacity(CHUNK);
-            let scanned = log::read_only_scan(&self.dir, self.salvage, tail_check, &mut |record| {
-                let update = match record {
-                    Record::ShardDone {
-                        plan_id,
-                        leaf_index,
-                        cas_id,
-                        output_digest,
-                        ..
-                    } if plan_id == wanted && leaf_index < shard_count => {
-                        let mut data = [0u8; 64];
-                        data[..32].copy_from_slice(&cas_id);
-                        data[32..].copy_from_slice(&output_digest);
-                        (leaf_index, Some(data))
-                    }
-                    Record::ShardFailed {
-                        plan_id,
-                        leaf_index,
-                        ..
-                    } if plan_id == wanted && leaf_index < shard_count => (leaf_index, None),
-                    _ => return,
-                };
+            let mut chunk: Vec<LeafUpdate> = Vec::with_capacity(CHUNK);
+            let scanned = self.scan_leaf_updates(plan_id, shard_count, &mut |update| {
                 chunk.push(update);
                 if chunk.len() == CHUNK {
                     let next = spare_rx
@@ -1014,10 +949,85 @@ impl Store {
             });
             let _ = sender.send(chunk);
             drop(sender);
-            let tree = hasher.join().expect("the leaf hasher does not panic");
-            scanned?;
-            Ok(tree)
-        })
+            let stream = hasher.join().expect("the leaf hasher does not panic");
+            (stream, scanned)
+        });
+        scanned?;
+        let mut stream = stream;
+        let revisits = stream.revisits();
+        if !revisits.is_empty() {
+            // Latest leaf data of the revisited blocks, from a second scan.
+            let mut latest: HashMap<usize, Vec<Option<[u8; 64]>>> = revisits
+                .iter()
+                .map(|&block| {
+                    let range = stream.block_range(block);
+                    (block, vec![None; (range.end - range.start) as usize])
+                })
+                .collect();
+            let block_log2 = BLOCK_LOG2;
+            self.scan_leaf_updates(plan_id, shard_count, &mut |(leaf, data)| {
+                let block = (leaf >> block_log2) as usize;
+                if let Some(leaves) = latest.get_mut(&block) {
+                    leaves[(leaf - ((block as u64) << block_log2)) as usize] = data;
+                }
+            })?;
+            for (block, leaves) in latest {
+                let hashes: Vec<Option<Hash>> = leaves
+                    .iter()
+                    .map(|data| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
+                    .collect();
+                if !stream.rehash(block, &hashes) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(stream
+            .finish()
+            .map(|(root, proofs)| RereadTree { root, proofs }))
+    }
+
+    /// Scans the log files for `plan_id`'s shard outcomes, in log order:
+    /// leaf data (`cas_id || output_digest`) for a DONE one, `None` for a
+    /// FAILED one (the shard is not done any more).
+    fn scan_leaf_updates(
+        &self,
+        plan_id: &PlanId,
+        shard_count: u64,
+        on_update: &mut dyn FnMut(LeafUpdate),
+    ) -> Result<RecoveryReport, StoreError> {
+        let wanted = *plan_id;
+        // The owner's recovery checked the last segment's tail and only its
+        // writer has appended since; a reader without the lock checks it.
+        let tail_check = if self.owner {
+            TailCheck::LastSegmentUnchecked
+        } else {
+            TailCheck::Zeros
+        };
+        Ok(log::read_only_scan(
+            &self.dir,
+            self.salvage,
+            tail_check,
+            &mut |record| match record {
+                Record::ShardDone {
+                    plan_id,
+                    leaf_index,
+                    cas_id,
+                    output_digest,
+                    ..
+                } if plan_id == wanted && leaf_index < shard_count => {
+                    let mut data = [0u8; 64];
+                    data[..32].copy_from_slice(&cas_id);
+                    data[32..].copy_from_slice(&output_digest);
+                    on_update((leaf_index, Some(data)));
+                }
+                Record::ShardFailed {
+                    plan_id,
+                    leaf_index,
+                    ..
+                } if plan_id == wanted && leaf_index < shard_count => on_update((leaf_index, None)),
+                _ => {}
+            },
+        )?)
     }
 
     /// Drains the writer, syncs and releases the store lock.

@@ -131,6 +131,178 @@ impl BlockTree {
     }
 }
 
+/// A [`BlockTree`] fed with leaf outcomes in the order a log holds them,
+/// where a leaf's latest outcome wins: `Some(leaf hash)` when it is done,
+/// `None` when it is not (a failure after a success).
+///
+/// Only blocks still waiting for leaves hold their leaf hashes; a block's
+/// buffer is reused once the block is hashed. A log written in roughly leaf
+/// order so keeps a few blocks open at a time, not a hash per leaf: fresh
+/// memory, not hashing, was what a 10^6-leaf tree cost most on a VM.
+///
+/// A block hashed and then updated again (a replay, a later failure) is not
+/// patched: its leaves are gone. [`LatestLeaves::revisits`] names such
+/// blocks; the caller reads their leaves' latest outcomes once more and
+/// hands them to [`LatestLeaves::rehash`].
+#[derive(Debug)]
+pub struct LatestLeaves {
+    tree: BlockTree,
+    /// Per block: its leaves while it is open (some outcome came, not all
+    /// are done).
+    open: Vec<Option<Box<OpenBlock>>>,
+    open_count: usize,
+    spare: Vec<OpenBlock>,
+    revisit: Vec<bool>,
+    /// Leaf hashes of the sampled leaves, kept for their proofs.
+    sampled: HashMap<u64, Hash>,
+    touched: Vec<usize>,
+}
+
+/// The leaves of one block not hashed yet.
+#[derive(Debug)]
+struct OpenBlock {
+    leaves: Vec<Hash>,
+    done: Vec<bool>,
+    done_count: usize,
+}
+
+impl LatestLeaves {
+    /// A tree of `tree_size` leaves in blocks of `2^block_log2`, collecting
+    /// proofs for `sample` (as [`BlockTree::new`]).
+    pub fn new(tree_size: u64, block_log2: u32, sample: &[u64]) -> LatestLeaves {
+        let tree = BlockTree::new(tree_size, block_log2, sample);
+        let revisit = vec![false; tree.block_count()];
+        let open = (0..tree.block_count()).map(|_| None).collect();
+        LatestLeaves {
+            tree,
+            open,
+            open_count: 0,
+            spare: Vec::new(),
+            revisit,
+            sampled: HashMap::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Applies outcomes in log order, then hashes every block they
+    /// completed. Panics on a leaf outside the tree (a caller bug).
+    pub fn apply(&mut self, outcomes: impl Iterator<Item = (u64, Option<Hash>)>) {
+        let block_len = 1usize << self.tree.block_log2;
+        for (leaf, hash) in outcomes {
+            assert!(leaf < self.tree.tree_size, "leaf {leaf} outside the tree");
+            let block = self.tree.block_of(leaf);
+            if self.tree.is_hashed(block) {
+                self.revisit[block] = true;
+                continue;
+            }
+            let open = match &mut self.open[block] {
+                Some(open) => open,
+                empty => {
+                    self.open_count += 1;
+                    empty.insert(Box::new(self.spare.pop().unwrap_or_else(|| OpenBlock {
+                        leaves: vec![[0; 32]; block_len],
+                        done: vec![false; block_len],
+                        done_count: 0,
+                    })))
+                }
+            };
+            let offset = (leaf & (block_len as u64 - 1)) as usize;
+            if open.done[offset] != hash.is_some() {
+                open.done[offset] = hash.is_some();
+                if hash.is_some() {
+                    open.done_count += 1;
+                } else {
+                    open.done_count -= 1;
+                }
+            }
+            if let Some(hash) = hash {
+                open.leaves[offset] = hash;
+            }
+            if self.touched.last() != Some(&block) {
+                self.touched.push(block);
+            }
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for block in std::mem::take(&mut self.touched) {
+            let range = self.tree.block_range(block);
+            let len = (range.end - range.start) as usize;
+            if self.open[block]
+                .as_ref()
+                .is_some_and(|open| open.done_count == len)
+            {
+                let mut open = self.open[block].take().expect("checked above");
+                self.open_count -= 1;
+                self.hash_block(block, &open.leaves[..len]);
+                open.done.fill(false);
+                open.done_count = 0;
+                self.spare.push(*open);
+            }
+        }
+    }
+
+    fn hash_block(&mut self, block: usize, leaves: &[Hash]) {
+        let range = self.tree.block_range(block);
+        let sample = &self.tree.sample;
+        let first = sample.partition_point(|&leaf| leaf < range.start);
+        let last = sample.partition_point(|&leaf| leaf < range.end);
+        for &leaf in &sample[first..last] {
+            self.sampled
+                .insert(leaf, leaves[(leaf - range.start) as usize]);
+        }
+        self.tree.hash_block(block, leaves);
+    }
+
+    /// Blocks hashed before an outcome of one of their leaves came: each
+    /// needs [`LatestLeaves::rehash`] before [`LatestLeaves::finish`].
+    pub fn revisits(&self) -> Vec<usize> {
+        (0..self.revisit.len())
+            .filter(|&block| self.revisit[block])
+            .collect()
+    }
+
+    /// The leaves of `block`.
+    pub fn block_range(&self, block: usize) -> Range<u64> {
+        self.tree.block_range(block)
+    }
+
+    /// Hashes `block` again from its leaves' latest outcomes (in leaf
+    /// order, exactly its range's). Returns false, leaving it unhashed,
+    /// when one of them is not done.
+    pub fn rehash(&mut self, block: usize, latest: &[Option<Hash>]) -> bool {
+        self.revisit[block] = false;
+        self.tree.forget_block(block);
+        let Some(leaves) = latest.iter().copied().collect::<Option<Vec<Hash>>>() else {
+            return false;
+        };
+        self.hash_block(block, &leaves);
+        true
+    }
+
+    /// The root and the sampled leaves' proofs, each with its leaf hash;
+    /// `None` unless every leaf's latest outcome is done. Panics if a
+    /// revisit is still due (a caller bug).
+    pub fn finish(self) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
+        assert!(
+            !self.revisit.iter().any(|r| *r),
+            "a block updated after hashing was not rehashed"
+        );
+        if self.open_count > 0 {
+            return None;
+        }
+        let (root, proofs) = self.tree.finish()?;
+        let sampled = self.sampled;
+        let proofs = proofs
+            .into_iter()
+            .map(|proof| {
+                let leaf = sampled[&proof.leaf_index];
+                (proof, leaf)
+            })
+            .collect();
+        Some((root, proofs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{leaf_hash, root_of_leaf_hashes};
@@ -193,6 +365,97 @@ mod tests {
         let (root, proofs) = tree.finish().unwrap();
         assert_eq!(root, root_of_leaf_hashes(all));
         assert_eq!(proofs[0].leaf_index, 9);
+    }
+
+    /// The latest outcome per leaf, applied naively: the tree it gives.
+    fn naive(
+        n: u64,
+        outcomes: &[(u64, Option<Hash>)],
+        sample: &[u64],
+    ) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
+        let mut latest = vec![None; n as usize];
+        for (leaf, hash) in outcomes {
+            latest[*leaf as usize] = *hash;
+        }
+        let leaves: Vec<Hash> = latest.into_iter().collect::<Option<_>>()?;
+        let mut sample = sample.to_vec();
+        sample.sort_unstable();
+        sample.dedup();
+        let (root, proofs) = root_with_proofs(leaves.clone(), &sample);
+        let proofs = proofs
+            .into_iter()
+            .map(|p| {
+                let leaf = leaves[p.leaf_index as usize];
+                (p, leaf)
+            })
+            .collect();
+        Some((root, proofs))
+    }
+
+    /// Feeds `outcomes` in chunks, then rehashes revisits from the latest
+    /// outcomes, as `Store::reread_tree` does.
+    fn streamed(
+        n: u64,
+        block_log2: u32,
+        chunk: usize,
+        outcomes: &[(u64, Option<Hash>)],
+        sample: &[u64],
+    ) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
+        let mut stream = LatestLeaves::new(n, block_log2, sample);
+        for piece in outcomes.chunks(chunk) {
+            stream.apply(piece.iter().copied());
+        }
+        for block in stream.revisits() {
+            let range = stream.block_range(block);
+            let mut latest = vec![None; (range.end - range.start) as usize];
+            for (leaf, hash) in outcomes {
+                if range.contains(leaf) {
+                    latest[(leaf - range.start) as usize] = *hash;
+                }
+            }
+            if !stream.rehash(block, &latest) {
+                return None;
+            }
+        }
+        stream.finish()
+    }
+
+    #[test]
+    fn latest_leaves_agree_with_the_naive_latest_outcome_per_leaf() {
+        let hash = |leaf: u64, round: u64| leaf_hash(&(leaf * 1000 + round).to_le_bytes());
+        for n in [1u64, 2, 7, 16, 33, 100] {
+            let sample = [0, n / 2, n - 1];
+            // In order, done once.
+            let ordered: Vec<_> = (0..n).map(|l| (l, Some(hash(l, 0)))).collect();
+            // Scrambled, every third fails first, every fifth is done twice,
+            // and (when `tail_fails`) one leaf ends failed.
+            for tail_fails in [false, true] {
+                let mut mixed = Vec::new();
+                let order: Vec<u64> = (0..n).map(|i| (i * 7 + 3) % n).collect();
+                for &l in &order {
+                    mixed.push((l, if l % 3 == 0 { None } else { Some(hash(l, 1)) }));
+                }
+                for &l in &order {
+                    if l % 3 == 0 || l % 5 == 0 {
+                        mixed.push((l, Some(hash(l, 2))));
+                    }
+                }
+                if tail_fails {
+                    mixed.push((n / 2, None));
+                }
+                for block_log2 in [0, 1, 3, 5] {
+                    for chunk in [1, 4, 1000] {
+                        for outcomes in [&ordered, &mixed] {
+                            let want = naive(n, outcomes, &sample);
+                            let got = streamed(n, block_log2, chunk, outcomes, &sample);
+                            assert_eq!(got, want, "n {n} blocks 2^{block_log2} chunk {chunk}");
+                        }
+                    }
+                }
+            }
+            // A leaf with no outcome at all: no tree.
+            assert!(streamed(n + 1, 2, 4, &ordered, &sample).is_none());
+        }
     }
 
     #[test]

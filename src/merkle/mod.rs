@@ -16,7 +16,8 @@
 //!   the other.
 //! - [`BlockTree`] (`blocks.rs`): the same tree hashed one aligned block of
 //!   leaves at a time, in any order, for certification while the log is
-//!   still being read.
+//!   still being read; [`LatestLeaves`] feeds it leaf outcomes in log order
+//!   (the latest wins), holding only the leaves of blocks not yet complete.
 //! - [`split_ranges`] and [`combine_ranges`]: cutting a shard's units into
 //!   pieces that are whole subtrees, and recombining their subtree roots into
 //!   exactly the digest the unsplit shard would have produced.
@@ -82,7 +83,7 @@ use sha2::{Digest, Sha256};
 use crate::hash::Hash;
 
 mod blocks;
-pub use blocks::BlockTree;
+pub use blocks::{BlockTree, LatestLeaves};
 
 /// Root of the empty tree: SHA-256 of the empty string (RFC 6962 §2.1).
 pub const EMPTY_ROOT: Hash = [
