@@ -452,19 +452,69 @@ pub fn run(
         assert!(ready.is_empty(), "blocking readies nothing");
     }
 
+    // The shards ready at the start. Those of CPU stages are claimed by
+    // the pool itself, a range of leaves per job, so no thread walks a
+    // million leaves before the first shard runs; ranges of stages that
+    // share out fairly alternate. Blocking stages' go one per job, as ever.
     let mut ready = Vec::new();
+    let mut cpu_stages = Vec::new();
     for stage_index in 0..stage_count {
         if shared.barriers_left[stage_index].load(Ordering::SeqCst) != 0 {
             continue;
         }
-        for leaf in dag.stages[stage_index].leaves() {
-            if shared.deps_left[leaf as usize].load(Ordering::SeqCst) == 0 && shared.claim(leaf) {
-                ready.push(leaf);
-            }
+        if shared.blocking_stage[stage_index] {
+            ready.extend(dag.stages[stage_index].leaves().filter(|&leaf| {
+                shared.deps_left[leaf as usize].load(Ordering::SeqCst) == 0 && shared.claim(leaf)
+            }));
+        } else {
+            cpu_stages.push(stage_index);
         }
     }
     let main_slot = shared.slots.len() - 1;
     shared.dispatch(ready, main_slot);
+    // Ranges are cut by leaves, so that there are several per thread; the
+    // shards a range finds ready are cut by the pending count, so that
+    // pending shards bunched in one range (a resume) still spread.
+    let per_thread_jobs = shared.options.threads * 16;
+    let leaf_total: usize = cpu_stages
+        .iter()
+        .map(|&stage| dag.stages[stage].shard_count as usize)
+        .sum();
+    let pending_total: usize = cpu_stages
+        .iter()
+        .map(|&stage| shared.stage_left[stage].load(Ordering::SeqCst) as usize)
+        .sum();
+    let range_len = (leaf_total / per_thread_jobs).clamp(1, READY_CHUNK_MAX) as u32;
+    let piece_len = (pending_total / per_thread_jobs).clamp(1, READY_CHUNK_MAX);
+    let mut ranges: Vec<_> = cpu_stages
+        .iter()
+        .map(|&stage| {
+            let leaves = dag.stages[stage].leaves();
+            (leaves.start..leaves.end)
+                .step_by(range_len as usize)
+                .map(move |start| start..start.saturating_add(range_len).min(leaves.end))
+        })
+        .collect();
+    let fair = cpu_stages
+        .iter()
+        .any(|&stage| shared.input.schedulers[stage] == SchedulerKind::FairRoundRobin);
+    if fair {
+        // One range of each stage in turn.
+        let mut any = true;
+        while any {
+            any = false;
+            for stage_ranges in &mut ranges {
+                if let Some(range) = stage_ranges.next() {
+                    shared.spawn_ready_range(range, piece_len);
+                    any = true;
+                }
+            }
+        }
+    } else {
+        for range in ranges.into_iter().flatten() {
+            shared.spawn_ready_range(range, piece_len);
+        }
+    }
 
     // Wait for the end: every shard terminal, or a stop with no job left.
     loop {
@@ -719,6 +769,33 @@ impl Shared {
             (Some(pool), true) => pool.spawn(job),
             _ => self.cpu_pool.spawn(job),
         }
+    }
+
+    /// A CPU-pool job that claims the ready shards among `leaves` (of one
+    /// non-blocking stage) and runs them, handing all but the first
+    /// `piece_len` to other jobs.
+    fn spawn_ready_range(self: &Arc<Self>, leaves: std::ops::Range<u32>, piece_len: usize) {
+        self.jobs_in_flight.fetch_add(1, Ordering::SeqCst);
+        let shared = self.clone();
+        self.cpu_pool.spawn(move || {
+            let mut ready: Vec<u32> = leaves
+                .filter(|&leaf| {
+                    shared.deps_left[leaf as usize].load(Ordering::SeqCst) == 0
+                        && shared.claim(leaf)
+                })
+                .collect();
+            if !ready.is_empty() {
+                shared.slots[shared.slot_index(false)]
+                    .claimed
+                    .fetch_add(ready.len() as u64, Ordering::Relaxed);
+                for piece in ready.get(piece_len..).unwrap_or(&[]).chunks(piece_len) {
+                    shared.spawn_job(piece.to_vec(), false);
+                }
+                ready.truncate(piece_len);
+                shared.run_job(ready, false);
+            }
+            shared.job_done();
+        });
     }
 
     fn slot_index(&self, blocking: bool) -> usize {
@@ -1208,3 +1285,7 @@ pub fn truncate_utf8(text: &mut String, max_bytes: usize) {
         text.truncate(cut);
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
