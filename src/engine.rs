@@ -185,9 +185,9 @@ impl Engine {
             let _ = store.submit(vec![record]);
         }));
         let bus = Arc::downgrade(&engine.bus);
-        engine.store.set_listener(Box::new(move |records| {
+        engine.store.set_listener(Box::new(move |group| {
             if let Some(bus) = bus.upgrade() {
-                publish_shard_events(&bus, records);
+                publish_shard_events(&bus, group);
             }
         }));
         engine
@@ -1549,12 +1549,12 @@ fn manifest_of(compiled: &Compiled, submitted_by: &str, dry_run: bool) -> Manife
     }
 }
 
-fn publish_shard_events(bus: &Bus, records: &[Record]) {
+fn publish_shard_events(bus: &Bus, group: &[Vec<Record>]) {
     if !bus.wants_shard_events() {
         return;
     }
-    let mut events = Vec::with_capacity(records.len());
-    for record in records {
+    let mut events = Vec::with_capacity(group.iter().map(Vec::len).sum());
+    for record in group.iter().flatten() {
         match record {
             Record::ShardDone {
                 plan_id,

@@ -13,7 +13,7 @@
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
 use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, TailCheck};
-use crate::merkle::{InclusionProof, LatestLeaves};
+use crate::merkle::{HashedBlock, InclusionProof, LatestLeaves};
 use crate::plan::Manifest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -572,7 +572,8 @@ pub fn parse_plan_id(text: &str) -> Option<PlanId> {
     uuid::Uuid::parse_str(text).ok().map(|u| *u.as_bytes())
 }
 
-type Listener = Box<dyn Fn(&[Record]) + Send + Sync>;
+/// Called once per durable commit group, with its batches in log order.
+type Listener = Box<dyn Fn(&[Vec<Record>]) + Send + Sync>;
 
 /// Counts records made durable, so that a caller can wait for "everything
 /// I submitted so far" (records are committed in submission order).
@@ -654,9 +655,7 @@ impl Store {
                     if let Some(listener) =
                         listen.read().unwrap_or_else(|e| e.into_inner()).as_ref()
                     {
-                        for records in &group {
-                            listener(records);
-                        }
+                        listener(&group);
                     }
                     let mut count = durable
                         .durable_records
@@ -891,93 +890,76 @@ impl Store {
     /// proofs of the leaves in `sample`. `None` unless every shard's latest
     /// outcome in the files is DONE.
     ///
-    /// This thread scans and decodes; leaf data goes in bounded chunks, in
-    /// log order, to a second thread that hashes each chunk's leaves on the
-    /// rayon pool and, as soon as an aligned block of leaves is complete,
-    /// its subtree ([`LatestLeaves`]). Reading the log and building the tree
-    /// overlap, and memory stays at the leaves of the blocks still open plus
-    /// a few chunks. A block that an outcome reaches after it was hashed (a
-    /// replay) is read again in a second scan.
+    /// This thread scans and decodes, placing each outcome in its aligned
+    /// block of leaves ([`LatestLeaves`]); a block whose leaves are all
+    /// done is hashed (leaves and subtree) on the rayon pool while the scan
+    /// goes on. Memory stays at the few blocks open or being hashed. A
+    /// block that an outcome reaches after it was handed out (a replay) is
+    /// read again in a second scan.
     pub fn reread_tree(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
         sample: &[u64],
     ) -> Result<Option<RereadTree>, StoreError> {
-        use rayon::prelude::*;
-        const CHUNK: usize = 32_768;
-        /// Chunks scanned but not yet hashed (bounds the memory).
-        const CHUNKS_IN_FLIGHT: usize = 2;
-        /// Leaves per block: 2^15, a megabyte of hashes.
+        /// Leaves per block: 2^15, two megabytes of leaf data.
         const BLOCK_LOG2: u32 = 15;
-        let (sender, receiver) = crossbeam_channel::bounded::<Vec<LeafUpdate>>(CHUNKS_IN_FLIGHT);
-        // Hashed chunks come back to be filled again: a run reads its whole
-        // log here, and fresh chunks would fault in that much memory anew.
-        let (spare_tx, spare_rx) =
-            crossbeam_channel::bounded::<Vec<LeafUpdate>>(CHUNKS_IN_FLIGHT + 1);
-        let (stream, scanned) = std::thread::scope(|scope| {
-            let hasher = scope.spawn(move || {
-                let mut stream = LatestLeaves::new(shard_count, BLOCK_LOG2, sample);
-                let mut hashed: Vec<Option<Hash>> = Vec::with_capacity(CHUNK);
-                for mut chunk in receiver {
-                    chunk
-                        .par_iter()
-                        .map(|(_, data)| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
-                        .collect_into_vec(&mut hashed);
-                    stream.apply(
-                        chunk
-                            .iter()
-                            .map(|(leaf, _)| *leaf)
-                            .zip(hashed.iter().copied()),
-                    );
-                    chunk.clear();
-                    let _ = spare_tx.try_send(chunk);
+        /// Blocks handed to the pool and not yet back (bounds the memory
+        /// when the scan outruns the hashing).
+        const BLOCKS_IN_FLIGHT_MAX: usize = 4;
+        let mut stream = LatestLeaves::new(shard_count, BLOCK_LOG2, sample);
+        let (hashed_tx, hashed_rx) = crossbeam_channel::unbounded::<HashedBlock>();
+        let scanned = rayon::in_place_scope(|scope| {
+            let mut in_flight = 0usize;
+            self.scan_leaf_updates(plan_id, shard_count, &mut |(leaf, data)| {
+                let Some(full) = stream.update(leaf, data.as_ref()) else {
+                    return;
+                };
+                let hashed_tx = hashed_tx.clone();
+                scope.spawn(move |_| {
+                    // The receiver outlives the scope.
+                    let _ = hashed_tx.send(full.hash());
+                });
+                in_flight += 1;
+                for hashed in hashed_rx.try_iter() {
+                    stream.add(hashed);
+                    in_flight -= 1;
                 }
-                stream
-            });
-            let mut chunk: Vec<LeafUpdate> = Vec::with_capacity(CHUNK);
-            let scanned = self.scan_leaf_updates(plan_id, shard_count, &mut |update| {
-                chunk.push(update);
-                if chunk.len() == CHUNK {
-                    let next = spare_rx
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-                    let full = std::mem::replace(&mut chunk, next);
-                    // The hasher ends only when the channel closes.
-                    let _ = sender.send(full);
+                while in_flight > BLOCKS_IN_FLIGHT_MAX {
+                    let hashed = hashed_rx.recv().expect("a sender is held here");
+                    stream.add(hashed);
+                    in_flight -= 1;
                 }
-            });
-            let _ = sender.send(chunk);
-            drop(sender);
-            let stream = hasher.join().expect("the leaf hasher does not panic");
-            (stream, scanned)
+            })
         });
+        drop(hashed_tx);
+        // The scope has waited for every block it handed out.
+        for hashed in hashed_rx {
+            stream.add(hashed);
+        }
         scanned?;
-        let mut stream = stream;
         let revisits = stream.revisits();
         if !revisits.is_empty() {
             // Latest leaf data of the revisited blocks, from a second scan.
-            let mut latest: HashMap<usize, Vec<Option<[u8; 64]>>> = revisits
-                .iter()
-                .map(|&block| {
-                    let range = stream.block_range(block);
-                    (block, vec![None; (range.end - range.start) as usize])
-                })
+            let mut latest: Vec<Option<Vec<Option<[u8; 64]>>>> = (0..shard_count
+                .div_ceil(1 << BLOCK_LOG2))
+                .map(|_| None)
                 .collect();
-            let block_log2 = BLOCK_LOG2;
+            for &block in &revisits {
+                let range = stream.block_range(block);
+                latest[block] = Some(vec![None; (range.end - range.start) as usize]);
+            }
             self.scan_leaf_updates(plan_id, shard_count, &mut |(leaf, data)| {
-                let block = (leaf >> block_log2) as usize;
-                if let Some(leaves) = latest.get_mut(&block) {
-                    leaves[(leaf - ((block as u64) << block_log2)) as usize] = data;
+                let block = (leaf >> BLOCK_LOG2) as usize;
+                if let Some(leaves) = &mut latest[block] {
+                    leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] = data;
                 }
             })?;
-            for (block, leaves) in latest {
-                let hashes: Vec<Option<Hash>> = leaves
-                    .iter()
-                    .map(|data| data.as_ref().map(|data| crate::merkle::leaf_hash(data)))
-                    .collect();
-                if !stream.rehash(block, &hashes) {
-                    return Ok(None);
+            for (block, leaves) in latest.into_iter().enumerate() {
+                if let Some(leaves) = leaves {
+                    if !stream.rehash(block, &leaves) {
+                        return Ok(None);
+                    }
                 }
             }
         }

@@ -34,6 +34,33 @@ pub struct BlockTree {
     block_paths: HashMap<u64, Vec<Hash>>,
 }
 
+/// A block's subtree: its root and the audit paths (inside the block) of
+/// its sampled leaves, by offset.
+#[derive(Debug)]
+pub struct BlockHash {
+    leaf_count: u64,
+    root: Hash,
+    paths: Vec<(u64, Vec<Hash>)>,
+}
+
+/// Hashes one block's subtree from its leaf hashes, with the audit paths of
+/// the leaves at `sample` (offsets into the block). Pure: any thread may
+/// run it.
+pub fn hash_block_leaves(leaf_hashes: Vec<Hash>, sample: &[u64]) -> BlockHash {
+    let leaf_count = leaf_hashes.len() as u64;
+    let (root, proofs) = root_with_proofs(leaf_hashes, sample);
+    let paths = sample
+        .iter()
+        .zip(proofs)
+        .map(|(&offset, proof)| (offset, proof.audit_path))
+        .collect();
+    BlockHash {
+        leaf_count,
+        root,
+        paths,
+    }
+}
+
 impl BlockTree {
     /// A tree of `tree_size` leaves in blocks of `2^block_log2`, collecting
     /// proofs for the leaves in `sample` (each below `tree_size`).
@@ -77,21 +104,34 @@ impl BlockTree {
 
     /// Hashes block `block` from its leaf hashes (exactly its range's).
     pub fn hash_block(&mut self, block: usize, leaf_hashes: &[Hash]) {
+        let hashed = hash_block_leaves(leaf_hashes.to_vec(), &self.sample_in(block));
+        self.put_block(block, hashed);
+    }
+
+    /// The sampled leaves of block `block`, as offsets into it.
+    pub fn sample_in(&self, block: usize) -> Vec<u64> {
+        let range = self.block_range(block);
+        let first = self.sample.partition_point(|&leaf| leaf < range.start);
+        let last = self.sample.partition_point(|&leaf| leaf < range.end);
+        self.sample[first..last]
+            .iter()
+            .map(|leaf| leaf - range.start)
+            .collect()
+    }
+
+    /// Records block `block`'s subtree, hashed elsewhere by
+    /// [`hash_block_leaves`] with [`BlockTree::sample_in`] as its sample.
+    pub fn put_block(&mut self, block: usize, hashed: BlockHash) {
         let range = self.block_range(block);
         assert_eq!(
-            leaf_hashes.len() as u64,
+            hashed.leaf_count,
             range.end - range.start,
             "block {block} holds {range:?}"
         );
-        let first = self.sample.partition_point(|&leaf| leaf < range.start);
-        let last = self.sample.partition_point(|&leaf| leaf < range.end);
-        let sampled = &self.sample[first..last];
-        let local: Vec<u64> = sampled.iter().map(|leaf| leaf - range.start).collect();
-        let (root, proofs) = root_with_proofs(leaf_hashes.to_vec(), &local);
-        for (leaf, proof) in sampled.iter().zip(proofs) {
-            self.block_paths.insert(*leaf, proof.audit_path);
+        for (offset, path) in hashed.paths {
+            self.block_paths.insert(range.start + offset, path);
         }
-        self.block_roots[block] = Some(root);
+        self.block_roots[block] = Some(hashed.root);
     }
 
     /// Forgets block `block`'s hash (a leaf in it changed after it was
@@ -132,18 +172,21 @@ impl BlockTree {
 }
 
 /// A [`BlockTree`] fed with leaf outcomes in the order a log holds them,
-/// where a leaf's latest outcome wins: `Some(leaf hash)` when it is done,
+/// where a leaf's latest outcome wins: `Some(leaf data)` when it is done,
 /// `None` when it is not (a failure after a success).
 ///
-/// Only blocks still waiting for leaves hold their leaf hashes; a block's
-/// buffer is reused once the block is hashed. A log written in roughly leaf
-/// order so keeps a few blocks open at a time, not a hash per leaf: fresh
-/// memory, not hashing, was what a 10^6-leaf tree cost most on a VM.
+/// Only blocks still waiting for leaves hold their leaves' data. A block
+/// whose leaves are all done is handed out at once as a [`FullBlock`], to
+/// be hashed on any thread while the log is still being read, and comes
+/// back as a [`HashedBlock`] whose buffer is reused. A log written in
+/// roughly leaf order so keeps a few blocks open at a time, not a hash per
+/// leaf: fresh memory, not hashing, was what a 10^6-leaf tree cost most on
+/// a VM.
 ///
-/// A block hashed and then updated again (a replay, a later failure) is not
-/// patched: its leaves are gone. [`LatestLeaves::revisits`] names such
-/// blocks; the caller reads their leaves' latest outcomes once more and
-/// hands them to [`LatestLeaves::rehash`].
+/// A block handed out and then updated again (a replay, a later failure)
+/// is not patched: its leaves are gone. [`LatestLeaves::revisits`] names
+/// such blocks; the caller reads their leaves' latest outcomes once more
+/// and hands them to [`LatestLeaves::rehash`].
 #[derive(Debug)]
 pub struct LatestLeaves {
     tree: BlockTree,
@@ -151,19 +194,62 @@ pub struct LatestLeaves {
     /// are done).
     open: Vec<Option<Box<OpenBlock>>>,
     open_count: usize,
-    spare: Vec<OpenBlock>,
+    /// Blocks handed out as full (hashed, or being hashed).
+    handed_out: Vec<bool>,
     revisit: Vec<bool>,
+    spare: Vec<OpenBlock>,
     /// Leaf hashes of the sampled leaves, kept for their proofs.
     sampled: HashMap<u64, Hash>,
-    touched: Vec<usize>,
 }
 
-/// The leaves of one block not hashed yet.
+/// The leaves of one block not handed out yet.
 #[derive(Debug)]
-struct OpenBlock {
-    leaves: Vec<Hash>,
+pub struct OpenBlock {
+    data: Vec<[u8; 64]>,
     done: Vec<bool>,
     done_count: usize,
+}
+
+/// A block whose leaves are all done, to hash with [`FullBlock::hash`].
+#[derive(Debug)]
+pub struct FullBlock {
+    block: usize,
+    first_leaf: u64,
+    leaf_count: usize,
+    sample: Vec<u64>,
+    leaves: Box<OpenBlock>,
+}
+
+/// A hashed [`FullBlock`], for [`LatestLeaves::add`].
+#[derive(Debug)]
+pub struct HashedBlock {
+    block: usize,
+    hash: BlockHash,
+    /// The sampled leaves and their leaf hashes.
+    sampled: Vec<(u64, Hash)>,
+    leaves: Box<OpenBlock>,
+}
+
+impl FullBlock {
+    /// Hashes the block's leaves and its subtree. Pure: any thread may run
+    /// it.
+    pub fn hash(self) -> HashedBlock {
+        let leaf_hashes: Vec<Hash> = self.leaves.data[..self.leaf_count]
+            .iter()
+            .map(|data| super::leaf_hash(data))
+            .collect();
+        let sampled = self
+            .sample
+            .iter()
+            .map(|&offset| (self.first_leaf + offset, leaf_hashes[offset as usize]))
+            .collect();
+        HashedBlock {
+            block: self.block,
+            hash: hash_block_leaves(leaf_hashes, &self.sample),
+            sampled,
+            leaves: self.leaves,
+        }
+    }
 }
 
 impl LatestLeaves {
@@ -171,90 +257,87 @@ impl LatestLeaves {
     /// proofs for `sample` (as [`BlockTree::new`]).
     pub fn new(tree_size: u64, block_log2: u32, sample: &[u64]) -> LatestLeaves {
         let tree = BlockTree::new(tree_size, block_log2, sample);
-        let revisit = vec![false; tree.block_count()];
-        let open = (0..tree.block_count()).map(|_| None).collect();
+        let blocks = tree.block_count();
         LatestLeaves {
             tree,
-            open,
+            open: (0..blocks).map(|_| None).collect(),
             open_count: 0,
+            handed_out: vec![false; blocks],
+            revisit: vec![false; blocks],
             spare: Vec::new(),
-            revisit,
             sampled: HashMap::new(),
-            touched: Vec::new(),
         }
     }
 
-    /// Applies outcomes in log order, then hashes every block they
-    /// completed. Panics on a leaf outside the tree (a caller bug).
-    pub fn apply(&mut self, outcomes: impl Iterator<Item = (u64, Option<Hash>)>) {
+    /// Applies one outcome (the next in log order); returns the block it
+    /// completed, if it did. Panics on a leaf outside the tree (a caller
+    /// bug).
+    pub fn update(&mut self, leaf: u64, data: Option<&[u8; 64]>) -> Option<FullBlock> {
+        assert!(leaf < self.tree.tree_size, "leaf {leaf} outside the tree");
+        let block = self.tree.block_of(leaf);
+        if self.handed_out[block] {
+            self.revisit[block] = true;
+            return None;
+        }
         let block_len = 1usize << self.tree.block_log2;
-        for (leaf, hash) in outcomes {
-            assert!(leaf < self.tree.tree_size, "leaf {leaf} outside the tree");
-            let block = self.tree.block_of(leaf);
-            if self.tree.is_hashed(block) {
-                self.revisit[block] = true;
-                continue;
+        let open = match &mut self.open[block] {
+            Some(open) => open,
+            empty => {
+                self.open_count += 1;
+                empty.insert(Box::new(self.spare.pop().unwrap_or_else(|| OpenBlock {
+                    data: vec![[0; 64]; block_len],
+                    done: vec![false; block_len],
+                    done_count: 0,
+                })))
             }
-            let open = match &mut self.open[block] {
-                Some(open) => open,
-                empty => {
-                    self.open_count += 1;
-                    empty.insert(Box::new(self.spare.pop().unwrap_or_else(|| OpenBlock {
-                        leaves: vec![[0; 32]; block_len],
-                        done: vec![false; block_len],
-                        done_count: 0,
-                    })))
-                }
-            };
-            let offset = (leaf & (block_len as u64 - 1)) as usize;
-            if open.done[offset] != hash.is_some() {
-                open.done[offset] = hash.is_some();
-                if hash.is_some() {
-                    open.done_count += 1;
-                } else {
-                    open.done_count -= 1;
-                }
-            }
-            if let Some(hash) = hash {
-                open.leaves[offset] = hash;
-            }
-            if self.touched.last() != Some(&block) {
-                self.touched.push(block);
+        };
+        let offset = (leaf & (block_len as u64 - 1)) as usize;
+        if open.done[offset] != data.is_some() {
+            open.done[offset] = data.is_some();
+            if data.is_some() {
+                open.done_count += 1;
+            } else {
+                open.done_count -= 1;
             }
         }
-        self.touched.sort_unstable();
-        self.touched.dedup();
-        for block in std::mem::take(&mut self.touched) {
-            let range = self.tree.block_range(block);
-            let len = (range.end - range.start) as usize;
-            if self.open[block]
-                .as_ref()
-                .is_some_and(|open| open.done_count == len)
-            {
-                let mut open = self.open[block].take().expect("checked above");
-                self.open_count -= 1;
-                self.hash_block(block, &open.leaves[..len]);
-                open.done.fill(false);
-                open.done_count = 0;
-                self.spare.push(*open);
-            }
+        if let Some(data) = data {
+            open.data[offset] = *data;
         }
-    }
-
-    fn hash_block(&mut self, block: usize, leaves: &[Hash]) {
         let range = self.tree.block_range(block);
-        let sample = &self.tree.sample;
-        let first = sample.partition_point(|&leaf| leaf < range.start);
-        let last = sample.partition_point(|&leaf| leaf < range.end);
-        for &leaf in &sample[first..last] {
-            self.sampled
-                .insert(leaf, leaves[(leaf - range.start) as usize]);
+        let leaf_count = (range.end - range.start) as usize;
+        if open.done_count < leaf_count {
+            return None;
         }
-        self.tree.hash_block(block, leaves);
+        let leaves = self.open[block].take().expect("open above");
+        self.open_count -= 1;
+        self.handed_out[block] = true;
+        Some(FullBlock {
+            block,
+            first_leaf: range.start,
+            leaf_count,
+            sample: self.tree.sample_in(block),
+            leaves,
+        })
     }
 
-    /// Blocks hashed before an outcome of one of their leaves came: each
-    /// needs [`LatestLeaves::rehash`] before [`LatestLeaves::finish`].
+    /// Records a block handed out by [`LatestLeaves::update`], now hashed,
+    /// and keeps its buffer for another block.
+    pub fn add(&mut self, hashed: HashedBlock) {
+        let HashedBlock {
+            block,
+            hash,
+            sampled,
+            mut leaves,
+        } = hashed;
+        self.tree.put_block(block, hash);
+        self.sampled.extend(sampled);
+        leaves.done.fill(false);
+        leaves.done_count = 0;
+        self.spare.push(*leaves);
+    }
+
+    /// Blocks handed out before an outcome of one of their leaves came:
+    /// each needs [`LatestLeaves::rehash`] before [`LatestLeaves::finish`].
     pub fn revisits(&self) -> Vec<usize> {
         (0..self.revisit.len())
             .filter(|&block| self.revisit[block])
@@ -269,27 +352,48 @@ impl LatestLeaves {
     /// Hashes `block` again from its leaves' latest outcomes (in leaf
     /// order, exactly its range's). Returns false, leaving it unhashed,
     /// when one of them is not done.
-    pub fn rehash(&mut self, block: usize, latest: &[Option<Hash>]) -> bool {
+    pub fn rehash(&mut self, block: usize, latest: &[Option<[u8; 64]>]) -> bool {
+        assert!(
+            !self.handed_out[block] || self.tree.is_hashed(block),
+            "block {block} rehashed before its first hash was added"
+        );
         self.revisit[block] = false;
         self.tree.forget_block(block);
-        let Some(leaves) = latest.iter().copied().collect::<Option<Vec<Hash>>>() else {
+        let Some(leaf_hashes) = latest
+            .iter()
+            .map(|data| data.as_ref().map(|data| super::leaf_hash(data)))
+            .collect::<Option<Vec<Hash>>>()
+        else {
             return false;
         };
-        self.hash_block(block, &leaves);
+        let first_leaf = self.tree.block_range(block).start;
+        let sample = self.tree.sample_in(block);
+        for &offset in &sample {
+            self.sampled
+                .insert(first_leaf + offset, leaf_hashes[offset as usize]);
+        }
+        self.tree
+            .put_block(block, hash_block_leaves(leaf_hashes, &sample));
         true
     }
 
     /// The root and the sampled leaves' proofs, each with its leaf hash;
     /// `None` unless every leaf's latest outcome is done. Panics if a
-    /// revisit is still due (a caller bug).
+    /// handed-out block was not added or a revisit is still due (caller
+    /// bugs).
     pub fn finish(self) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
         assert!(
             !self.revisit.iter().any(|r| *r),
-            "a block updated after hashing was not rehashed"
+            "a block updated after it was handed out was not rehashed"
         );
         if self.open_count > 0 {
             return None;
         }
+        assert!(
+            (0..self.handed_out.len())
+                .all(|block| !self.handed_out[block] || self.tree.is_hashed(block)),
+            "a block handed out was not added"
+        );
         let (root, proofs) = self.tree.finish()?;
         let sampled = self.sampled;
         let proofs = proofs
@@ -367,15 +471,17 @@ mod tests {
         assert_eq!(proofs[0].leaf_index, 9);
     }
 
+    type Outcome = (u64, Option<[u8; 64]>);
+
     /// The latest outcome per leaf, applied naively: the tree it gives.
     fn naive(
         n: u64,
-        outcomes: &[(u64, Option<Hash>)],
+        outcomes: &[Outcome],
         sample: &[u64],
     ) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
         let mut latest = vec![None; n as usize];
-        for (leaf, hash) in outcomes {
-            latest[*leaf as usize] = *hash;
+        for (leaf, data) in outcomes {
+            latest[*leaf as usize] = data.map(|data| leaf_hash(&data));
         }
         let leaves: Vec<Hash> = latest.into_iter().collect::<Option<_>>()?;
         let mut sample = sample.to_vec();
@@ -392,25 +498,35 @@ mod tests {
         Some((root, proofs))
     }
 
-    /// Feeds `outcomes` in chunks, then rehashes revisits from the latest
-    /// outcomes, as `Store::reread_tree` does.
+    /// Feeds `outcomes` one by one; full blocks are hashed and added only
+    /// once more than `late` wait, the latest first (as a pool may finish
+    /// them); then rehashes revisits from the latest outcomes, as
+    /// `Store::reread_tree` does.
     fn streamed(
         n: u64,
         block_log2: u32,
-        chunk: usize,
-        outcomes: &[(u64, Option<Hash>)],
+        late: usize,
+        outcomes: &[Outcome],
         sample: &[u64],
     ) -> Option<(Hash, Vec<(InclusionProof, Hash)>)> {
         let mut stream = LatestLeaves::new(n, block_log2, sample);
-        for piece in outcomes.chunks(chunk) {
-            stream.apply(piece.iter().copied());
+        let mut waiting = Vec::new();
+        for (leaf, data) in outcomes {
+            waiting.extend(stream.update(*leaf, data.as_ref()));
+            while waiting.len() > late {
+                let full: FullBlock = waiting.pop().unwrap();
+                stream.add(full.hash());
+            }
+        }
+        for full in waiting {
+            stream.add(full.hash());
         }
         for block in stream.revisits() {
             let range = stream.block_range(block);
             let mut latest = vec![None; (range.end - range.start) as usize];
-            for (leaf, hash) in outcomes {
+            for (leaf, data) in outcomes {
                 if range.contains(leaf) {
-                    latest[(leaf - range.start) as usize] = *hash;
+                    latest[(leaf - range.start) as usize] = *data;
                 }
             }
             if !stream.rehash(block, &latest) {
@@ -422,39 +538,44 @@ mod tests {
 
     #[test]
     fn latest_leaves_agree_with_the_naive_latest_outcome_per_leaf() {
-        let hash = |leaf: u64, round: u64| leaf_hash(&(leaf * 1000 + round).to_le_bytes());
+        let data = |leaf: u64, round: u64| {
+            let mut data = [0u8; 64];
+            data[..8].copy_from_slice(&leaf.to_le_bytes());
+            data[40..48].copy_from_slice(&round.to_le_bytes());
+            data
+        };
         for n in [1u64, 2, 7, 16, 33, 100] {
             let sample = [0, n / 2, n - 1];
             // In order, done once.
-            let ordered: Vec<_> = (0..n).map(|l| (l, Some(hash(l, 0)))).collect();
+            let ordered: Vec<Outcome> = (0..n).map(|l| (l, Some(data(l, 0)))).collect();
             // Scrambled, every third fails first, every fifth is done twice,
             // and (when `tail_fails`) one leaf ends failed.
             for tail_fails in [false, true] {
                 let mut mixed = Vec::new();
                 let order: Vec<u64> = (0..n).map(|i| (i * 7 + 3) % n).collect();
                 for &l in &order {
-                    mixed.push((l, if l % 3 == 0 { None } else { Some(hash(l, 1)) }));
+                    mixed.push((l, if l % 3 == 0 { None } else { Some(data(l, 1)) }));
                 }
                 for &l in &order {
                     if l % 3 == 0 || l % 5 == 0 {
-                        mixed.push((l, Some(hash(l, 2))));
+                        mixed.push((l, Some(data(l, 2))));
                     }
                 }
                 if tail_fails {
                     mixed.push((n / 2, None));
                 }
                 for block_log2 in [0, 1, 3, 5] {
-                    for chunk in [1, 4, 1000] {
+                    for late in [0, 1, 3, 1000] {
                         for outcomes in [&ordered, &mixed] {
                             let want = naive(n, outcomes, &sample);
-                            let got = streamed(n, block_log2, chunk, outcomes, &sample);
-                            assert_eq!(got, want, "n {n} blocks 2^{block_log2} chunk {chunk}");
+                            let got = streamed(n, block_log2, late, outcomes, &sample);
+                            assert_eq!(got, want, "n {n} blocks 2^{block_log2} late {late}");
                         }
                     }
                 }
             }
             // A leaf with no outcome at all: no tree.
-            assert!(streamed(n + 1, 2, 4, &ordered, &sample).is_none());
+            assert!(streamed(n + 1, 2, 1, &ordered, &sample).is_none());
         }
     }
 

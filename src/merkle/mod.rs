@@ -17,7 +17,8 @@
 //! - [`BlockTree`] (`blocks.rs`): the same tree hashed one aligned block of
 //!   leaves at a time, in any order, for certification while the log is
 //!   still being read; [`LatestLeaves`] feeds it leaf outcomes in log order
-//!   (the latest wins), holding only the leaves of blocks not yet complete.
+//!   (the latest wins), holding only the leaves of blocks not yet complete
+//!   and handing out complete ones to be hashed on any thread.
 //! - [`split_ranges`] and [`combine_ranges`]: cutting a shard's units into
 //!   pieces that are whole subtrees, and recombining their subtree roots into
 //!   exactly the digest the unsplit shard would have produced.
@@ -83,7 +84,7 @@ use sha2::{Digest, Sha256};
 use crate::hash::Hash;
 
 mod blocks;
-pub use blocks::{BlockTree, LatestLeaves};
+pub use blocks::{hash_block_leaves, BlockHash, BlockTree, FullBlock, HashedBlock, LatestLeaves};
 
 /// Root of the empty tree: SHA-256 of the empty string (RFC 6962 §2.1).
 pub const EMPTY_ROOT: Hash = [
