@@ -12,6 +12,7 @@
 
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
+use crate::log::format::RecordType;
 use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, TailCheck};
 use crate::merkle::{HashedBlock, InclusionProof, LatestLeaves};
 use crate::plan::Manifest;
@@ -104,10 +105,6 @@ pub struct AbortInfo {
     pub actor: String,
     pub reason: String,
 }
-
-/// One shard outcome as certification reads it: the leaf, and its leaf
-/// data (`cas_id || output_digest`) when DONE, `None` when FAILED.
-type LeafUpdate = (u64, Option<[u8; 64]>);
 
 /// A plan's tree as read back from the log files ([`Store::reread_tree`]).
 #[derive(Clone, Debug)]
@@ -911,8 +908,8 @@ impl Store {
         let (hashed_tx, hashed_rx) = crossbeam_channel::unbounded::<HashedBlock>();
         let scanned = rayon::in_place_scope(|scope| {
             let mut in_flight = 0usize;
-            self.scan_leaf_updates(plan_id, shard_count, &mut |(leaf, data)| {
-                let Some(full) = stream.update(leaf, data.as_ref()) else {
+            self.scan_leaf_updates(plan_id, shard_count, &mut |leaf, data| {
+                let Some(full) = stream.update(leaf, data) else {
                     return;
                 };
                 let hashed_tx = hashed_tx.clone();
@@ -949,10 +946,10 @@ impl Store {
                 let range = stream.block_range(block);
                 latest[block] = Some(vec![None; (range.end - range.start) as usize]);
             }
-            self.scan_leaf_updates(plan_id, shard_count, &mut |(leaf, data)| {
+            self.scan_leaf_updates(plan_id, shard_count, &mut |leaf, data| {
                 let block = (leaf >> BLOCK_LOG2) as usize;
                 if let Some(leaves) = &mut latest[block] {
-                    leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] = data;
+                    leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] = data.copied();
                 }
             })?;
             for (block, leaves) in latest.into_iter().enumerate() {
@@ -970,14 +967,14 @@ impl Store {
 
     /// Scans the log files for `plan_id`'s shard outcomes, in log order:
     /// leaf data (`cas_id || output_digest`) for a DONE one, `None` for a
-    /// FAILED one (the shard is not done any more).
+    /// FAILED one (the shard is not done any more). DONE frames are read in
+    /// place, not decoded into records: there is one per shard.
     fn scan_leaf_updates(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
-        on_update: &mut dyn FnMut(LeafUpdate),
+        on_update: &mut dyn FnMut(u64, Option<&[u8; 64]>),
     ) -> Result<RecoveryReport, StoreError> {
-        let wanted = *plan_id;
         // The owner's recovery checked the last segment's tail and only its
         // writer has appended since; a reader without the lock checks it.
         let tail_check = if self.owner {
@@ -985,30 +982,32 @@ impl Store {
         } else {
             TailCheck::Zeros
         };
-        Ok(log::read_only_scan(
+        let on_frame = &mut |type_code: u8, payload: &[u8]| {
+            if type_code == RecordType::ShardDone as u8 {
+                if let Some((plan, leaf, data)) = log::format::peek_shard_done(payload) {
+                    if plan == plan_id && leaf < shard_count {
+                        on_update(leaf, Some(data));
+                    }
+                    return Ok(());
+                }
+            }
+            if let Record::ShardFailed {
+                plan_id: plan,
+                leaf_index,
+                ..
+            } = Record::decode(type_code, payload)?
+            {
+                if &plan == plan_id && leaf_index < shard_count {
+                    on_update(leaf_index, None);
+                }
+            }
+            Ok(())
+        };
+        Ok(log::read_only_scan_frames(
             &self.dir,
             self.salvage,
             tail_check,
-            &mut |record| match record {
-                Record::ShardDone {
-                    plan_id,
-                    leaf_index,
-                    cas_id,
-                    output_digest,
-                    ..
-                } if plan_id == wanted && leaf_index < shard_count => {
-                    let mut data = [0u8; 64];
-                    data[..32].copy_from_slice(&cas_id);
-                    data[32..].copy_from_slice(&output_digest);
-                    on_update((leaf_index, Some(data)));
-                }
-                Record::ShardFailed {
-                    plan_id,
-                    leaf_index,
-                    ..
-                } if plan_id == wanted && leaf_index < shard_count => on_update((leaf_index, None)),
-                _ => {}
-            },
+            on_frame,
         )?)
     }
 

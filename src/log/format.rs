@@ -683,6 +683,22 @@ pub fn append_frame(record: &Record, out: &mut Vec<u8>) -> Result<u32, FieldTooL
     Ok(len)
 }
 
+/// A `ShardDone` payload read in place: its plan, its leaf and its leaf
+/// data (`cas_id || output_digest`, adjacent in the layout), without
+/// building a [`Record`]. `None` for a payload of another length, which
+/// [`Record::decode`] refuses.
+pub fn peek_shard_done(payload: &[u8]) -> Option<(&PlanId, u64, &[u8; 64])> {
+    const LEAF_AT: usize = PLAN_ID_SIZE as usize;
+    const DATA_AT: usize = LEAF_AT + 8;
+    let payload: &[u8; SHARD_DONE_PAYLOAD_LEN as usize] = payload.try_into().ok()?;
+    let plan_id = payload[..LEAF_AT].try_into().expect("16 bytes");
+    let leaf = u64::from_le_bytes(payload[LEAF_AT..DATA_AT].try_into().expect("8 bytes"));
+    let data = payload[DATA_AT..DATA_AT + 2 * HASH_SIZE as usize]
+        .try_into()
+        .expect("64 bytes");
+    Some((plan_id, leaf, data))
+}
+
 /// [`append_frame`] with the CRC field left zero ([`seal_frames`] fills it
 /// in later, for many frames at once), for a record whose
 /// [`Record::payload_len`] the caller already has as `len`.
@@ -1361,6 +1377,13 @@ pub(crate) mod tests {
         append_unsealed_frame(&record, 100, &mut got);
         assert_eq!(&got[..3], &[7, 7, 7]);
         assert_eq!(got[3..], want[..]);
+        // Read in place, its plan, leaf and leaf data are the record's.
+        let payload = &got[3 + FRAME_PAYLOAD_OFFSET..got.len() - 1];
+        let (plan_id, leaf, data) = peek_shard_done(payload).unwrap();
+        assert_eq!((plan_id, leaf), (&[1; 16], 0x0203_0405_0607_0809));
+        assert_eq!(data[..32], [0xCA; 32]);
+        assert_eq!(data[32..], [0x0D; 32]);
+        assert!(peek_shard_done(&payload[1..]).is_none());
         // Sealed, it decodes to the record.
         seal_frames(&mut got, &[3]);
         let mut sealed = Vec::new();

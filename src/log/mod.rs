@@ -53,7 +53,7 @@ use std::sync::Arc;
 pub use self::compact::{compact, CompactReport};
 pub use self::format::{PlanId, Record};
 pub use self::lock::StoreLock;
-pub use self::read_only::read_only_scan;
+pub use self::read_only::{read_only_scan, read_only_scan_frames};
 pub use self::segment::TailCheck;
 pub use self::storage::{Faults, FsStorage, MemDisk, MemStorage, Storage};
 pub use self::writer::{spawn_writer, Writer};

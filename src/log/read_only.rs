@@ -9,6 +9,7 @@
 //! caller says the tail needs no check ([`TailCheck`]): the owner of the
 //! store, whose recovery checked it and whose writer alone appends there.
 
+use super::format::DecodeError;
 use super::format::SegmentHeader;
 use super::segment::{self, ScanStop, TailCheck};
 use super::storage::{parse_segment_file_name, segment_file_name};
@@ -16,6 +17,10 @@ use super::{Damage, LogError, Record, RecoveryReport};
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::Path;
+
+/// Called with each valid frame's type code and payload, in log order; an
+/// error is the frame's damage (it does not decode).
+pub type FrameVisitor<'a> = dyn FnMut(u8, &[u8]) -> Result<(), DecodeError> + 'a;
 
 /// Bytes scanned between two releases of the pages behind the scan.
 const RELEASE_WINDOW_BYTES: usize = 4 * 1024 * 1024;
@@ -37,6 +42,21 @@ pub fn read_only_scan(
     salvage: bool,
     tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record),
+) -> Result<RecoveryReport, LogError> {
+    read_only_scan_frames(dir, salvage, tail_check, &mut |type_code, payload| {
+        on_record(Record::decode(type_code, payload)?);
+        Ok(())
+    })
+}
+
+/// [`read_only_scan`] for a caller that reads frames itself (see
+/// [`segment::scan_frames`]): certification reads `ShardDone` fields in
+/// place rather than building a [`Record`] per shard.
+pub fn read_only_scan_frames(
+    dir: &Path,
+    salvage: bool,
+    tail_check: TailCheck,
+    on_frame: &mut FrameVisitor<'_>,
 ) -> Result<RecoveryReport, LogError> {
     let mut indices = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| io(dir, "listing segments".into(), e))?;
@@ -85,15 +105,16 @@ pub fn read_only_scan(
         // Pages already scanned are released as the scan goes, so reading a
         // store costs no more than a window of memory, however large.
         let mut released = 0usize;
-        let scan = segment::scan_with_offsets(bytes, is_last, tail_check, &mut |record, end| {
-            on_record(record);
+        let scan = segment::scan_frames(bytes, is_last, tail_check, &mut |code, payload, end| {
+            on_frame(code, payload)?;
             if end - released >= RELEASE_WINDOW_BYTES {
                 let upto = end / PAGE_BYTES * PAGE_BYTES;
                 // SAFETY: MADV_DONTNEED on a read-only shared file mapping
                 // only drops our page-table entries; the next access (there
                 // is none for these bytes) would fault them back from the
                 // file. No reference into the range outlives this call: the
-                // scan has moved past it and records are decoded copies.
+                // scan has moved past it, and `on_frame` borrows a payload
+                // only for its call.
                 let _ = unsafe {
                     map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
@@ -103,6 +124,7 @@ pub fn read_only_scan(
                 };
                 released = upto;
             }
+            Ok(())
         });
         report.record_count += scan.record_count;
         report.segment_count += 1;

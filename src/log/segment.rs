@@ -5,7 +5,7 @@
 //! Pure: it reads a byte slice and reports; the log decides what to write.
 
 use super::format::{
-    self, BadFrame, FrameRead, Record, FRAME_HEADER_SIZE, FRAME_OVERHEAD, HEADER_SIZE,
+    self, BadFrame, DecodeError, FrameRead, Record, FRAME_HEADER_SIZE, FRAME_OVERHEAD, HEADER_SIZE,
 };
 
 /// What a scan found after the last valid frame.
@@ -65,6 +65,30 @@ pub fn scan_with_offsets(
     tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record, usize),
 ) -> SegmentScan {
+    scan_frames(
+        segment,
+        is_last,
+        tail_check,
+        &mut |type_code, payload, end| {
+            on_record(Record::decode(type_code, payload)?, end);
+            Ok(())
+        },
+    )
+}
+
+/// Called with each valid frame's type code, payload and end offset; an
+/// error is the frame's damage (it does not decode).
+pub type FrameAtVisitor<'a> = dyn FnMut(u8, &[u8], usize) -> Result<(), DecodeError> + 'a;
+
+/// [`scan_with_offsets`] for a caller that reads frames itself: `on_frame`
+/// gets each valid frame's type code, payload and end offset, and decodes
+/// what it needs; a decode error it returns is damage, as in a full scan.
+pub fn scan_frames(
+    segment: &[u8],
+    is_last: bool,
+    tail_check: TailCheck,
+    on_frame: &mut FrameAtVisitor<'_>,
+) -> SegmentScan {
     assert!(segment.len() >= HEADER_SIZE, "header checked by the caller");
     let mut pos = HEADER_SIZE;
     let mut record_count = 0u64;
@@ -74,9 +98,8 @@ pub fn scan_with_offsets(
                 type_code,
                 payload,
                 end,
-            } => match Record::decode(type_code, payload) {
-                Ok(record) => {
-                    on_record(record, end);
+            } => match on_frame(type_code, payload, end) {
+                Ok(()) => {
                     record_count += 1;
                     pos = end;
                     continue;
