@@ -10,19 +10,7 @@ const DEFAULTS: PlanDefaults = PlanDefaults {
 };
 
 fn ranges(count: u64) -> Partitioning {
-    Partitioning {
-        partitions: (0..count)
-            .map(|i| Partition {
-                key: None,
-                input: PartitionInput::Range {
-                    start: i,
-                    end: i + 1,
-                },
-            })
-            .collect::<Vec<_>>()
-            .into(),
-        chained: false,
-    }
+    Partitioning::unit_ranges(count)
 }
 
 fn plan(json: &str) -> Plan {

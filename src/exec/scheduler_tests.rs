@@ -2,7 +2,7 @@
 //! and that they spread over the pool.
 
 use super::*;
-use crate::partition::{Partition, PartitionInput, Partitioning};
+use crate::partition::Partitioning;
 use crate::plan::{Plan, PlanDefaults};
 use std::sync::atomic::AtomicUsize;
 
@@ -37,19 +37,7 @@ fn run_one_stage(shards: u32, initial: Vec<Initial>, threads: usize) -> (Vec<u32
         },
     )
     .unwrap();
-    let partitioning = Partitioning {
-        partitions: (0..u64::from(shards))
-            .map(|i| Partition {
-                key: None,
-                input: PartitionInput::Range {
-                    start: i,
-                    end: i + 1,
-                },
-            })
-            .collect::<Vec<_>>()
-            .into(),
-        chained: false,
-    };
+    let partitioning = Partitioning::unit_ranges(u64::from(shards));
     let dag = Arc::new(crate::dag::compile(&plan, vec![partitioning]).unwrap());
     let executor = Arc::new(Overlap::default());
     let input = RunInput {

@@ -209,6 +209,27 @@ pub struct Partitioning {
     pub chained: bool,
 }
 
+impl Partitioning {
+    /// `count` listed one-unit ranges `[i, i + 1)`, not chained: the
+    /// partitioning tests build DAGs from.
+    #[cfg(test)]
+    pub(crate) fn unit_ranges(count: u64) -> Partitioning {
+        Partitioning {
+            partitions: (0..count)
+                .map(|i| Partition {
+                    key: None,
+                    input: PartitionInput::Range {
+                        start: i,
+                        end: i + 1,
+                    },
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            chained: false,
+        }
+    }
+}
+
 /// The partitioners a stage may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PartitionerKind {
