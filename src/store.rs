@@ -906,28 +906,49 @@ impl Store {
         const BLOCKS_IN_FLIGHT_MAX: usize = 4;
         let mut stream = LatestLeaves::new(shard_count, BLOCK_LOG2, sample);
         let (hashed_tx, hashed_rx) = crossbeam_channel::unbounded::<HashedBlock>();
+        let mut frames_seen = 0u64;
         let scanned = rayon::in_place_scope(|scope| {
             let mut in_flight = 0usize;
-            self.scan_leaf_updates(plan_id, shard_count, &mut |leaf, data| {
-                let Some(full) = stream.update(leaf, data) else {
-                    return;
-                };
-                let hashed_tx = hashed_tx.clone();
-                scope.spawn(move |_| {
-                    // The receiver outlives the scope.
-                    let _ = hashed_tx.send(full.hash());
-                });
-                in_flight += 1;
-                for hashed in hashed_rx.try_iter() {
-                    stream.add(hashed);
-                    in_flight -= 1;
-                }
-                while in_flight > BLOCKS_IN_FLIGHT_MAX {
-                    let hashed = hashed_rx.recv().expect("a sender is held here");
-                    stream.add(hashed);
-                    in_flight -= 1;
-                }
-            })
+            self.scan_leaf_updates(
+                plan_id,
+                shard_count,
+                None,
+                &mut frames_seen,
+                &mut |leaf, data| {
+                    let Some(full) = stream.update(leaf, data) else {
+                        return;
+                    };
+                    let hashed_tx = hashed_tx.clone();
+                    scope.spawn(move |_| {
+                        // The receiver outlives the scope.
+                        let _ = hashed_tx.send(full.hash());
+                    });
+                    in_flight += 1;
+                    while in_flight > BLOCKS_IN_FLIGHT_MAX {
+                        match hashed_rx.try_recv() {
+                            Ok(hashed) => {
+                                stream.add(hashed);
+                                in_flight -= 1;
+                            }
+                            // On a pool thread (certifying inside a pool), the
+                            // tasks may sit in this thread's own queue: run
+                            // them rather than wait for them.
+                            Err(_) => match rayon::yield_now() {
+                                None => {
+                                    stream.add(hashed_rx.recv().expect("a sender is held here"));
+                                    in_flight -= 1;
+                                }
+                                Some(rayon::Yield::Executed) => {}
+                                Some(rayon::Yield::Idle) => std::thread::yield_now(),
+                            },
+                        }
+                    }
+                    for hashed in hashed_rx.try_iter() {
+                        stream.add(hashed);
+                        in_flight -= 1;
+                    }
+                },
+            )
         });
         drop(hashed_tx);
         // The scope has waited for every block it handed out.
@@ -937,8 +958,9 @@ impl Store {
         scanned?;
         let revisits = stream.revisits();
         if !revisits.is_empty() {
-            // Latest leaf data of the revisited blocks, from a second scan.
-            let mut latest: Vec<Option<Vec<Option<[u8; 64]>>>> = (0..shard_count
+            // Latest leaf hashes of the revisited blocks, from a second scan
+            // of the same frames (records appended since are not read).
+            let mut latest: Vec<Option<Vec<Option<Hash>>>> = (0..shard_count
                 .div_ceil(1 << BLOCK_LOG2))
                 .map(|_| None)
                 .collect();
@@ -946,12 +968,20 @@ impl Store {
                 let range = stream.block_range(block);
                 latest[block] = Some(vec![None; (range.end - range.start) as usize]);
             }
-            self.scan_leaf_updates(plan_id, shard_count, &mut |leaf, data| {
-                let block = (leaf >> BLOCK_LOG2) as usize;
-                if let Some(leaves) = &mut latest[block] {
-                    leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] = data.copied();
-                }
-            })?;
+            let mut frames = 0;
+            self.scan_leaf_updates(
+                plan_id,
+                shard_count,
+                Some(frames_seen),
+                &mut frames,
+                &mut |leaf, data| {
+                    let block = (leaf >> BLOCK_LOG2) as usize;
+                    if let Some(leaves) = &mut latest[block] {
+                        leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] =
+                            data.map(|data| crate::merkle::leaf_hash(data));
+                    }
+                },
+            )?;
             for (block, leaves) in latest.into_iter().enumerate() {
                 if let Some(leaves) = leaves {
                     if !stream.rehash(block, &leaves) {
@@ -968,11 +998,15 @@ impl Store {
     /// Scans the log files for `plan_id`'s shard outcomes, in log order:
     /// leaf data (`cas_id || output_digest`) for a DONE one, `None` for a
     /// FAILED one (the shard is not done any more). DONE frames are read in
-    /// place, not decoded into records: there is one per shard.
+    /// place, not decoded into records: there is one per shard. Counts the
+    /// frames read in `frames_seen`; with `frames_max`, frames past that
+    /// many are passed over (a second scan reads what the first did).
     fn scan_leaf_updates(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
+        frames_max: Option<u64>,
+        frames_seen: &mut u64,
         on_update: &mut dyn FnMut(u64, Option<&[u8; 64]>),
     ) -> Result<RecoveryReport, StoreError> {
         // The owner's recovery checked the last segment's tail and only its
@@ -983,6 +1017,10 @@ impl Store {
             TailCheck::Zeros
         };
         let on_frame = &mut |type_code: u8, payload: &[u8]| {
+            *frames_seen += 1;
+            if frames_max.is_some_and(|max| *frames_seen > max) {
+                return Ok(());
+            }
             if type_code == RecordType::ShardDone as u8 {
                 if let Some((plan, leaf, data)) = log::format::peek_shard_done(payload) {
                     if plan == plan_id && leaf < shard_count {
@@ -1058,6 +1096,88 @@ mod tests {
                 && slot.state == SlotState::Pending
                 && !slot.reused));
         }
+    }
+
+    /// A store holding one DONE record per leaf of a `shards`-leaf plan,
+    /// in leaf order, and the leaf hashes they give.
+    fn store_of_done_leaves(dir: &Path, plan: PlanId, shards: u64) -> (Store, Vec<Hash>) {
+        let store = Store::open(dir, LogOptions::default()).unwrap();
+        let records: Vec<Record> = (0..shards)
+            .map(|leaf| Record::ShardDone {
+                plan_id: plan,
+                leaf_index: leaf,
+                cas_id: crate::hash::sha256(&leaf.to_le_bytes()),
+                output_digest: [leaf as u8; 32],
+                attempts: 1,
+                duration_us: 0,
+            })
+            .collect();
+        for batch in records.chunks(crate::log::limits::SUBMIT_BATCH_RECORDS_MAX) {
+            store
+                .wait_durable(store.submit(batch.to_vec()).unwrap())
+                .unwrap();
+        }
+        let leaves = (0..shards)
+            .map(|leaf| {
+                crate::merkle::shard_leaf_hash(
+                    &crate::hash::sha256(&leaf.to_le_bytes()),
+                    &[leaf as u8; 32],
+                )
+            })
+            .collect();
+        (store, leaves)
+    }
+
+    #[test]
+    fn the_reread_tree_completes_on_a_pool_thread() {
+        const PLAN: PlanId = [3; 16];
+        // Ten full blocks of 2^15: more than may be in flight at once, so
+        // the scan must wait for hashed blocks while it runs on the only
+        // thread of the pool their tasks were queued on.
+        let shards = 10 << 15;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, leaves) = store_of_done_leaves(dir.path(), PLAN, shards);
+        let store = Arc::new(store);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let pool_store = store.clone();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let tree = pool.install(|| pool_store.reread_tree(&PLAN, shards, &[7]));
+            let _ = done_tx.send(tree.unwrap().map(|tree| tree.root));
+        });
+        let root = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reread_tree inside a one-thread pool finished");
+        assert_eq!(root, Some(crate::merkle::root_of_leaf_hashes(leaves)));
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_second_scan_reads_no_frame_past_the_first() {
+        const PLAN: PlanId = [4; 16];
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_of_done_leaves(dir.path(), PLAN, 10);
+        let leaves_read = |frames_max: Option<u64>| {
+            let (mut seen, mut leaves) = (0, Vec::new());
+            store
+                .scan_leaf_updates(&PLAN, 10, frames_max, &mut seen, &mut |leaf, data| {
+                    assert!(data.is_some());
+                    leaves.push(leaf);
+                })
+                .unwrap();
+            (seen, leaves)
+        };
+        let (seen, all) = leaves_read(None);
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        // Every frame counts, this plan's outcomes or not (none others here).
+        assert_eq!(seen, 10);
+        let (seen, first) = leaves_read(Some(4));
+        assert_eq!(first, vec![0, 1, 2, 3]);
+        assert_eq!(seen, 10, "the scan still reads, and counts, every frame");
+        store.close().unwrap();
     }
 
     #[test]

@@ -498,6 +498,10 @@ pub fn run(
     let fair = cpu_stages
         .iter()
         .any(|&stage| shared.input.schedulers[stage] == SchedulerKind::FairRoundRobin);
+    if pending_total == 0 {
+        // Nothing to claim (a resume of a finished plan).
+        ranges.clear();
+    }
     if fair {
         // One range of each stage in turn.
         let mut any = true;

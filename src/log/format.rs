@@ -455,8 +455,6 @@ impl Record {
         })
     }
 
-    /// Appends the payload bytes to `out`. Call `payload_len` first: this
-    /// assumes the bounds hold.
     /// Writes a `ShardDone`'s payload into `out` (any other record: a
     /// caller bug). One fixed layout, written field by field into a stack
     /// array: the commonest frame by far, so it is built without the
@@ -486,6 +484,8 @@ impl Record {
         duration.copy_from_slice(&duration_us.to_le_bytes());
     }
 
+    /// Appends the payload bytes to `out`. Call `payload_len` first: this
+    /// assumes the bounds hold.
     fn encode_payload(&self, out: &mut Vec<u8>) {
         let mut e = Enc(out);
         match self {

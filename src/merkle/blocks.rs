@@ -349,21 +349,17 @@ impl LatestLeaves {
         self.tree.block_range(block)
     }
 
-    /// Hashes `block` again from its leaves' latest outcomes (in leaf
-    /// order, exactly its range's). Returns false, leaving it unhashed,
-    /// when one of them is not done.
-    pub fn rehash(&mut self, block: usize, latest: &[Option<[u8; 64]>]) -> bool {
+    /// Hashes `block` again from its leaves' latest outcomes (leaf hashes,
+    /// in leaf order, exactly its range's). Returns false, leaving it
+    /// unhashed, when one of them is not done.
+    pub fn rehash(&mut self, block: usize, latest: &[Option<Hash>]) -> bool {
         assert!(
             !self.handed_out[block] || self.tree.is_hashed(block),
             "block {block} rehashed before its first hash was added"
         );
         self.revisit[block] = false;
         self.tree.forget_block(block);
-        let Some(leaf_hashes) = latest
-            .iter()
-            .map(|data| data.as_ref().map(|data| super::leaf_hash(data)))
-            .collect::<Option<Vec<Hash>>>()
-        else {
+        let Some(leaf_hashes) = latest.iter().copied().collect::<Option<Vec<Hash>>>() else {
             return false;
         };
         let first_leaf = self.tree.block_range(block).start;
@@ -526,7 +522,7 @@ mod tests {
             let mut latest = vec![None; (range.end - range.start) as usize];
             for (leaf, data) in outcomes {
                 if range.contains(leaf) {
-                    latest[(leaf - range.start) as usize] = *data;
+                    latest[(leaf - range.start) as usize] = data.map(|data| leaf_hash(&data));
                 }
             }
             if !stream.rehash(block, &latest) {
