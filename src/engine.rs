@@ -3,9 +3,9 @@
 //! together. The front-ends (CLI, HTTP) call nothing else to run plans.
 //!
 //! A run goes: compile (validate, partition, DAG, executors) -> accept (a
-//! durable `PlanAccepted` record) -> execute (scheduler on the pools; a
-//! collector turns outcomes into log records; the store applies them once
-//! durable) -> aggregate (root over the durable outcomes) -> certify
+//! durable `PlanAccepted` record) -> execute (scheduler on the pools; the
+//! workers hand their outcomes to a `Recorder`, which submits them as log
+//! records from the worker's thread; the store applies them once durable) -> aggregate (root over the durable outcomes) -> certify
 //! (re-read the plan from the log files, recompute the root, verify a
 //! seeded sample of inclusion proofs) -> finish (a durable `PlanFinished`).
 
@@ -28,7 +28,8 @@ use crate::store::{plan_id_text, PlanEntry, PlanRecord, SlotState, Store, StoreE
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -574,48 +575,37 @@ impl Engine {
             splits,
             pressure: Arc::new(move || pressure_store.queue_depth()),
         };
-        let (sender, receiver) =
-            crossbeam_channel::bounded(crate::limits::OUTCOME_QUEUE_BATCHES_MAX);
-        let collector = {
-            let store = self.store.clone();
-            let bus = self.bus.clone();
-            let dag = dag.clone();
-            let slos: Vec<(String, u64)> = compiled
+        // Shards with an outcome before this run count towards their
+        // stage, or a mostly-reused stage would look late forever.
+        let settled: Vec<u64> = dag
+            .stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .leaves()
+                    .filter(|leaf| input.initial[*leaf as usize] != Initial::Pending)
+                    .count() as u64
+            })
+            .collect();
+        let recorder = Arc::new(Recorder {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            dag: dag.clone(),
+            plan_id,
+            plan_text: plan_text.clone(),
+            slos: compiled
                 .plan
                 .stages
                 .iter()
                 .map(|s| (s.id.clone(), s.slo_ms))
-                .collect();
-            let plan_text = plan_text.clone();
-            let control = control.clone();
-            // Shards with an outcome before this run count towards their
-            // stage, or a mostly-reused stage would look late forever.
-            let settled: Vec<u64> = dag
-                .stages
-                .iter()
-                .map(|stage| {
-                    stage
-                        .leaves()
-                        .filter(|leaf| input.initial[*leaf as usize] != Initial::Pending)
-                        .count() as u64
-                })
-                .collect();
-            std::thread::Builder::new()
-                .name("hxo-collector".into())
-                .spawn(move || {
-                    let context = CollectContext {
-                        store: &store,
-                        bus: &bus,
-                        dag: &dag,
-                        plan_id,
-                        plan_text: &plan_text,
-                        slos: &slos,
-                        control: &control,
-                    };
-                    collect(receiver, context, settled)
-                })
-                .expect("spawning the collector thread")
-        };
+                .collect(),
+            control: control.clone(),
+            stage_outcomes: settled.into_iter().map(AtomicU64::new).collect(),
+            stage_started: dag.stages.iter().map(|_| OnceLock::new()).collect(),
+            split_signalled: dag.stages.iter().map(|_| AtomicBool::new(false)).collect(),
+            position: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        });
         let done_flag = std::sync::atomic::AtomicBool::new(false);
         /// Raises the flag however the scope is left, a panic included, so
         /// the progress thread always ends.
@@ -625,7 +615,19 @@ impl Engine {
                 self.0.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        let (run_over, watch) = crossbeam_channel::bounded::<()>(0);
         std::thread::scope(|scope| {
+            // The SLO watch: every 100 ms until the run is over (when
+            // `run_over` is dropped, below).
+            let slo_recorder = recorder.clone();
+            scope.spawn(move || {
+                let mut alerted = vec![false; slo_recorder.slos.len()];
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    watch.recv_timeout(Duration::from_millis(100))
+                {
+                    slo_recorder.check_slos(&mut alerted);
+                }
+            });
             if let Some(progress) = progress {
                 let entry = entry.clone();
                 let done_flag = &done_flag;
@@ -645,11 +647,19 @@ impl Engine {
                 });
             }
             let _raise = RaiseOnDrop(&done_flag);
-            scheduler::run(input, options, control.clone(), sender);
+            let _run_over = run_over;
+            scheduler::run(input, options, control.clone(), recorder.clone());
         });
-        let position = collector
-            .join()
-            .expect("the collector thread does not panic")?;
+        // `run` returned, so every outcome went through the recorder.
+        if let Some(failure) = recorder
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(failure.into());
+        }
+        let position = recorder.position.load(Ordering::SeqCst);
         self.store.wait_durable(position.max(reused_position))?;
         tracing::info!(
             execute_ms = started.elapsed().as_millis() as u64,
@@ -1601,62 +1611,52 @@ fn publish_shard_events(bus: &Bus, group: &[Vec<Record>]) {
     bus.publish_shards(events);
 }
 
-/// The collector: turns outcomes into log records (one batch per received
-/// batch; the writer merges them into group commits), and watches stage
-/// SLOs. Returns the store position of its last submission.
-/// What the collector works with.
-struct CollectContext<'a> {
-    store: &'a Store,
-    bus: &'a Bus,
-    dag: &'a Dag,
+/// Records outcomes as the workers hand them over, on their threads: the
+/// records go to the log from there, and per-stage counts feed the SLO
+/// watch. (One collector thread used to do this for every shard; on two
+/// cores it was a twentieth of a no-op run's CPU.)
+struct Recorder {
+    store: Arc<Store>,
+    bus: Arc<Bus>,
+    dag: Arc<Dag>,
     plan_id: PlanId,
-    plan_text: &'a str,
-    slos: &'a [(String, u64)],
-    control: &'a Control,
+    plan_text: String,
+    /// (stage id, SLO in ms) per stage.
+    slos: Vec<(String, u64)>,
+    control: Arc<Control>,
+    /// Terminal outcomes per stage, those before this run included.
+    stage_outcomes: Vec<AtomicU64>,
+    /// When each stage's first shard started, as its first outcome tells.
+    stage_started: Vec<OnceLock<Instant>>,
+    split_signalled: Vec<AtomicBool>,
+    /// The store position after the last batch submitted.
+    position: AtomicU64,
+    /// The first failure to record: the run stops, the rest is dropped.
+    failure: Mutex<Option<StoreError>>,
 }
 
-fn collect(
-    receiver: crossbeam_channel::Receiver<Vec<scheduler::Outcome>>,
-    context: CollectContext<'_>,
-    settled: Vec<u64>,
-) -> Result<u64, StoreError> {
-    let CollectContext {
-        store,
-        bus,
-        dag,
-        plan_id,
-        plan_text,
-        slos,
-        control,
-    } = context;
-    let mut position = 0;
-    let stage_count = dag.stages.len();
-    let mut stage_started: Vec<Option<Instant>> = vec![None; stage_count];
-    let mut stage_outcomes = settled;
-    let mut alerted = vec![false; stage_count];
-    let mut split_signalled = vec![false; stage_count];
-    let mut failure: Option<StoreError> = None;
-    loop {
-        let batch = match receiver.recv_timeout(Duration::from_millis(100)) {
-            Ok(batch) => batch,
-            // Nothing arrived: only the SLO clocks move.
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Vec::new(),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        };
+impl scheduler::OutcomeSink for Recorder {
+    fn accept(&self, batch: Vec<scheduler::Outcome>) {
         let mut records = Vec::with_capacity(batch.len());
+        // Per-stage counts of this batch: a batch rarely spans stages.
+        let mut terminal: Vec<(usize, u64)> = Vec::new();
         for outcome in batch {
-            let stage = dag.stage_of(LeafIndex(outcome.leaf));
+            let stage = self.dag.stage_of(LeafIndex(outcome.leaf));
             if outcome.kind.is_terminal() {
-                stage_outcomes[stage] += 1;
+                match terminal.iter_mut().find(|(s, _)| *s == stage) {
+                    Some((_, count)) => *count += 1,
+                    None => terminal.push((stage, 1)),
+                }
             }
-            if stage_started[stage].is_none() {
+            if self.stage_started[stage].get().is_none() {
                 let now = Instant::now();
-                stage_started[stage] = Some(
+                let _ = self.stage_started[stage].set(
                     now.checked_sub(Duration::from_micros(outcome.duration_us))
                         .unwrap_or(now),
                 );
             }
-            let cas_id = *dag.cas_id(LeafIndex(outcome.leaf));
+            let plan_id = self.plan_id;
+            let cas_id = *self.dag.cas_id(LeafIndex(outcome.leaf));
             match outcome.kind {
                 OutcomeKind::Done(output_digest) => records.push(Record::ShardDone {
                     plan_id,
@@ -1676,11 +1676,10 @@ fn collect(
                     error,
                 }),
                 OutcomeKind::Split { pieces, p95_us } => {
-                    if !split_signalled[stage] {
-                        split_signalled[stage] = true;
-                        bus.publish(
+                    if !self.split_signalled[stage].swap(true, Ordering::SeqCst) {
+                        self.bus.publish(
                             events::AUTOTUNE_SIGNAL,
-                            json!({"plan_id": plan_text, "stage_id": slos[stage].0,
+                            json!({"plan_id": self.plan_text, "stage_id": self.slos[stage].0,
                                    "p95_ms": p95_us as f64 / 1000.0, "action": "split",
                                    "factor": pieces}),
                         );
@@ -1700,61 +1699,56 @@ fn collect(
                 OutcomeKind::Blocked | OutcomeKind::Abandoned => {}
             }
         }
-        if !records.is_empty() && failure.is_none() {
-            match store.submit(records) {
-                Ok(p) => position = p,
-                // Nothing more can be recorded: stop the run now (running
-                // more shards would only repeat side effects nobody can
-                // record), keep draining so no worker blocks, and end with
-                // the error.
-                Err(error) => {
-                    control.stop(StopReason::Interrupted);
-                    failure = Some(error);
-                }
+        for (stage, count) in terminal {
+            self.stage_outcomes[stage].fetch_add(count, Ordering::SeqCst);
+        }
+        if records.is_empty() {
+            return;
+        }
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_some() {
+            return;
+        }
+        drop(failure);
+        match self.store.submit(records) {
+            Ok(position) => {
+                self.position.fetch_max(position, Ordering::SeqCst);
+            }
+            // Nothing more can be recorded: stop the run now (running more
+            // shards would only repeat side effects nobody can record); the
+            // run ends with the first error.
+            Err(error) => {
+                self.control.stop(StopReason::Interrupted);
+                failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                failure.get_or_insert(error);
             }
         }
-        check_slos(
-            bus,
-            plan_text,
-            slos,
-            dag,
-            &stage_started,
-            &stage_outcomes,
-            &mut alerted,
-        );
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(position),
     }
 }
 
-fn check_slos(
-    bus: &Bus,
-    plan_text: &str,
-    slos: &[(String, u64)],
-    dag: &Dag,
-    started: &[Option<Instant>],
-    outcomes: &[u64],
-    alerted: &mut [bool],
-) {
-    for stage in 0..slos.len() {
-        let Some(start) = started[stage] else {
-            continue;
-        };
-        if alerted[stage] {
-            continue;
-        }
-        let elapsed_ms = start.elapsed().as_millis() as u64;
-        let (stage_id, slo_ms) = &slos[stage];
-        if elapsed_ms > *slo_ms && outcomes[stage] < dag.stages[stage].shard_count as u64 {
-            alerted[stage] = true;
-            bus.publish(
-                events::ALERT,
-                json!({"plan_id": plan_text, "stage_id": stage_id, "alert": "slo_overrun",
-                       "slo_ms": slo_ms, "elapsed_ms": elapsed_ms,
-                       "shards_left": dag.stages[stage].shard_count as u64 - outcomes[stage]}),
-            );
+impl Recorder {
+    /// Publishes an `slo_overrun` alert, once per stage, for each stage
+    /// running longer than its SLO with shards still to go.
+    fn check_slos(&self, alerted: &mut [bool]) {
+        for (stage, (stage_id, slo_ms)) in self.slos.iter().enumerate() {
+            let Some(start) = self.stage_started[stage].get() else {
+                continue;
+            };
+            if alerted[stage] {
+                continue;
+            }
+            let elapsed_ms = start.elapsed().as_millis() as u64;
+            let shard_count = self.dag.stages[stage].shard_count as u64;
+            let outcomes = self.stage_outcomes[stage].load(Ordering::SeqCst);
+            if elapsed_ms > *slo_ms && outcomes < shard_count {
+                alerted[stage] = true;
+                self.bus.publish(
+                    events::ALERT,
+                    json!({"plan_id": self.plan_text, "stage_id": stage_id, "alert": "slo_overrun",
+                           "slo_ms": slo_ms, "elapsed_ms": elapsed_ms,
+                           "shards_left": shard_count - outcomes}),
+                );
+            }
         }
     }
 }

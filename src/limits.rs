@@ -10,12 +10,9 @@ pub const PLAN_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// indices are `u32` in the DAG arena.
 pub const SHARDS_MAX_CEILING: u64 = u32::MAX as u64;
 
-/// Outcomes a worker accumulates before handing them to the collector.
+/// Outcomes a worker accumulates before handing them to the engine (which
+/// submits them to the log as one batch).
 pub const OUTCOME_BATCH_MAX: usize = 256;
-
-/// Batches in flight between the pool and the collector (backpressure: a
-/// worker blocks when this many batches wait).
-pub const OUTCOME_QUEUE_BATCHES_MAX: usize = 256;
 
 /// Durable batches waiting to be applied to the store's index.
 pub const APPLY_QUEUE_BATCHES_MAX: usize = 4;
@@ -28,7 +25,7 @@ pub const LOG_QUEUE_BATCHES_MAX: usize = 128;
 /// Plans the server runs at once (each has its own thread pools).
 pub const HTTP_RUNS_MAX: usize = 16;
 
-/// Records the collector appends before one group commit.
+/// Records the log writer appends before one group commit.
 pub const COMMIT_RECORDS_MAX: usize = 65_536;
 
 /// Shards handed to one pool job when many become ready at once.

@@ -10,8 +10,9 @@
 //!   compare-and-swap, so each shard gets exactly one outcome;
 //! - a shard becomes ready when its shard-level dependency counter and its
 //!   stage's barrier counter both reach zero;
-//! - outcomes travel in batches over a bounded channel: when the collector
-//!   (the log writer) falls behind, workers block and the pool slows down.
+//! - outcomes go in batches to an [`OutcomeSink`] on the worker's thread;
+//!   when the sink (the log writer) falls behind, workers block in it and
+//!   the pool slows down.
 
 use super::{CancelToken, ExecError, Executor, ShardContext};
 use crate::dag::{Dag, LeafIndex};
@@ -232,7 +233,7 @@ struct Shared {
     stage_failed: Vec<AtomicBool>,
     terminal_left: AtomicU64,
     jobs_in_flight: AtomicUsize,
-    sink: Sender<Vec<Outcome>>,
+    sink: Arc<dyn OutcomeSink>,
     cpu_pool: rayon::ThreadPool,
     io_pool: Option<rayon::ThreadPool>,
     slots: Arc<Vec<CachePadded<Slot>>>,
@@ -286,15 +287,31 @@ impl Tally {
     }
 }
 
-/// Outcomes on their way to the collector, sent in bounded batches.
+/// Where outcomes go: in batches of at most `OUTCOME_BATCH_MAX`, on the
+/// thread that produced them, so recording them is spread over the pool.
+/// `accept` may block (that is the engine's backpressure).
+pub trait OutcomeSink: Send + Sync {
+    fn accept(&self, batch: Vec<Outcome>);
+}
+
+/// A channel is a sink: whoever receives gets the batches.
+impl OutcomeSink for Sender<Vec<Outcome>> {
+    fn accept(&self, batch: Vec<Outcome>) {
+        // A closed channel means the receiver is gone (the run is being
+        // torn down): the outcomes have nowhere to go.
+        let _ = self.send(batch);
+    }
+}
+
+/// Outcomes on their way to the sink, handed over in bounded batches.
 struct Batch<'a> {
     outcomes: Vec<Outcome>,
-    sink: &'a Sender<Vec<Outcome>>,
+    sink: &'a dyn OutcomeSink,
 }
 
 impl Batch<'_> {
-    /// Returns whether a full batch was sent (which may have waited for
-    /// the collector).
+    /// Returns whether a full batch was sent (which may have waited in
+    /// the sink).
     fn push(&mut self, outcome: Outcome) -> bool {
         self.outcomes.push(outcome);
         self.outcomes.len() >= OUTCOME_BATCH_MAX && self.flush()
@@ -306,9 +323,7 @@ impl Batch<'_> {
             return false;
         }
         let full = std::mem::replace(&mut self.outcomes, Vec::with_capacity(OUTCOME_BATCH_MAX));
-        // A closed channel means the collector stopped (a log failure);
-        // the run is being torn down and outcomes have nowhere to go.
-        let _ = self.sink.send(full);
+        self.sink.accept(full);
         true
     }
 }
@@ -320,13 +335,13 @@ impl Drop for Batch<'_> {
 }
 
 /// Runs every pending shard of `input` and returns when each has an
-/// outcome (sent on `sink`), or when the run was stopped and the rest were
+/// outcome (handed to `sink`), or when the run was stopped and the rest were
 /// swept.
 pub fn run(
     input: RunInput,
     options: RunOptions,
     control: Arc<Control>,
-    sink: Sender<Vec<Outcome>>,
+    sink: Arc<dyn OutcomeSink>,
 ) {
     install_panic_hook();
     let dag = input.dag.clone();
@@ -427,7 +442,7 @@ pub fn run(
     {
         let mut batch = Batch {
             outcomes: Vec::new(),
-            sink: &shared.sink,
+            sink: &*shared.sink,
         };
         let mut stack = Vec::new();
         let failed_stages = (0..stage_count).filter(|&stage| stage_failed[stage]);
@@ -521,6 +536,17 @@ pub fn run(
     }
 
     // Wait for the end: every shard terminal, or a stop with no job left.
+    // Conditions are checked under the lock `job_done` notifies under, so
+    // no wakeup is lost (the timeout only paces the timebox check).
+    let wait = |guard| {
+        shared
+            .wake
+            .1
+            .wait_timeout(guard, Duration::from_millis(20))
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    };
+    let mut guard = shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if shared.terminal_left.load(Ordering::SeqCst) == 0 {
             break;
@@ -531,15 +557,16 @@ pub fn run(
             }
         }
         if shared.control.is_stopped() && shared.jobs_in_flight.load(Ordering::SeqCst) == 0 {
+            drop(guard);
             shared.sweep();
-            break;
+            return;
         }
-        let guard = shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = shared
-            .wake
-            .1
-            .wait_timeout(guard, Duration::from_millis(20))
-            .unwrap_or_else(|e| e.into_inner());
+        guard = wait(guard);
+    }
+    // Every job hands its last outcomes to the sink before it ends: once
+    // none is left, the sink has them all.
+    while shared.jobs_in_flight.load(Ordering::SeqCst) != 0 {
+        guard = wait(guard);
     }
 }
 
@@ -572,7 +599,7 @@ impl Shared {
     fn sweep(&self) {
         let mut batch = Batch {
             outcomes: Vec::new(),
-            sink: &self.sink,
+            sink: &*self.sink,
         };
         let kind = self.stop_outcome();
         for (leaf, state) in self.state.iter().enumerate() {
@@ -821,7 +848,7 @@ impl Shared {
         let slot = &self.slots[self.slot_index(blocking)];
         let mut batch = Batch {
             outcomes: Vec::with_capacity(leaves.len().clamp(1, OUTCOME_BATCH_MAX)),
-            sink: &self.sink,
+            sink: &*self.sink,
         };
         leaves.reverse();
         let mut stack = Vec::new();
@@ -1053,7 +1080,7 @@ impl Shared {
         };
         let mut batch = Batch {
             outcomes: Vec::new(),
-            sink: &self.sink,
+            sink: &*self.sink,
         };
         match result {
             Ok((digest, attempts)) => {

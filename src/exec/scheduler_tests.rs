@@ -65,7 +65,7 @@ fn run_one_stage(shards: u32, initial: Vec<Initial>, threads: usize) -> (Vec<u32
         },
     };
     let (sink, outcomes) = crossbeam_channel::unbounded();
-    run(input, options, Control::new(), sink);
+    run(input, options, Control::new(), Arc::new(sink));
     let mut leaves: Vec<u32> = outcomes
         .try_iter()
         .flatten()
