@@ -955,7 +955,9 @@ impl Engine {
                 proofs_checked: 0,
                 proofs_verified: 0,
                 ok: false,
-                detail: "not every shard is done in the log files".into(),
+                detail: "not every shard is done in the log files, so the recorded root \
+                         (a partial one) cannot be recomputed and certified"
+                    .into(),
             });
         };
         // Proofs are checked against the *recorded* root: a log that no

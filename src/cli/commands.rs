@@ -578,8 +578,9 @@ fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
         Ok(exit::SUCCESS)
     } else {
         Err(CliError::Verify(format!(
-            "plan {}: the log does not reproduce the recorded root",
-            plan_id_text(&plan_id)
+            "plan {}: {}",
+            plan_id_text(&plan_id),
+            verification.detail
         )))
     }
 }

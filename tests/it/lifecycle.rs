@@ -231,3 +231,23 @@ fn verify_exits_5_when_the_log_no_longer_gives_the_recorded_root() {
     assert_eq!(report["ok"], false);
     assert_ne!(report["recomputed_root"], report["recorded_root"]);
 }
+
+#[test]
+fn verify_of_a_plan_with_failed_shards_says_it_is_incomplete() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "failing.json",
+        r#"{"name": "f", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 40, "fail_rate": 0.3, "seed": 1}}]}"#,
+    );
+    let run = sandbox.run_env(
+        &["run", "--json", plan.to_str().unwrap()],
+        &[("HXO_MAX_ATTEMPTS", "1")],
+    );
+    assert_code(&run, 3);
+    let plan_id = json(&run)["plan_id"].as_str().unwrap().to_string();
+    let verify = sandbox.run(&["verify", &plan_id]);
+    assert_code(&verify, 5);
+    let message = stderr(&verify);
+    assert!(message.contains("not every shard is done"), "{message}");
+    assert!(!message.contains("does not reproduce"), "{message}");
+}
