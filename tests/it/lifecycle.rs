@@ -139,13 +139,9 @@ fn abort_of_an_interrupted_plan_keeps_done_shards_and_replay_finishes_it() {
 #[test]
 fn gc_keeps_the_latest_outcomes_and_the_root() {
     let sandbox = Sandbox::new();
-    let plan = sandbox.plan(
+    let first = sandbox.run_single_attempts(
         "failing.json",
         r#"{"name": "f", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 50, "fail_rate": 0.3, "seed": 1}}]}"#,
-    );
-    let first = sandbox.run_env(
-        &["run", "--json", plan.to_str().unwrap()],
-        &[("HXO_MAX_ATTEMPTS", "1")],
     );
     assert_code(&first, 3);
     let plan_id = json(&first)["plan_id"].as_str().unwrap().to_string();
@@ -235,13 +231,9 @@ fn verify_exits_5_when_the_log_no_longer_gives_the_recorded_root() {
 #[test]
 fn verify_of_a_plan_with_failed_shards_says_it_is_incomplete() {
     let sandbox = Sandbox::new();
-    let plan = sandbox.plan(
+    let run = sandbox.run_single_attempts(
         "failing.json",
         r#"{"name": "f", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 40, "fail_rate": 0.3, "seed": 1}}]}"#,
-    );
-    let run = sandbox.run_env(
-        &["run", "--json", plan.to_str().unwrap()],
-        &[("HXO_MAX_ATTEMPTS", "1")],
     );
     assert_code(&run, 3);
     let plan_id = json(&run)["plan_id"].as_str().unwrap().to_string();

@@ -96,13 +96,9 @@ fn failed_shards_block_downstream_exit_3_and_replay_finishes_the_subtree() {
 #[test]
 fn a_panicking_executor_fails_its_shard_not_the_run() {
     let sandbox = Sandbox::new();
-    let plan = sandbox.plan(
+    let output = sandbox.run_single_attempts(
         "panics.json",
         r#"{"name": "panics", "stages": [{"id": "p", "kind": "synthetic", "config": {"shards": 30, "panic_rate": 0.3, "seed": 9}}]}"#,
-    );
-    let output = sandbox.run_env(
-        &["run", "--json", plan.to_str().unwrap()],
-        &[("HXO_MAX_ATTEMPTS", "1")],
     );
     assert_code(&output, 3);
     let report = json(&output);

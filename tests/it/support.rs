@@ -76,6 +76,16 @@ impl Sandbox {
         std::fs::write(&path, json).expect("writing plan");
         path
     }
+
+    /// `hxo run --json` of the plan `json` (written as `name`), each shard
+    /// tried once, so that a synthetic failure or panic rate shows.
+    pub fn run_single_attempts(&self, name: &str, json: &str) -> Output {
+        let plan = self.plan(name, json);
+        self.run_env(
+            &["run", "--json", plan.to_str().unwrap()],
+            &[("HXO_MAX_ATTEMPTS", "1")],
+        )
+    }
 }
 
 pub fn stdout(output: &Output) -> String {
