@@ -5,9 +5,10 @@
 //! A run goes: compile (validate, partition, DAG, executors) -> accept (a
 //! durable `PlanAccepted` record) -> execute (scheduler on the pools; the
 //! workers hand their outcomes to a `Recorder`, which submits them as log
-//! records from the worker's thread; the store applies them once durable) -> aggregate (root over the durable outcomes) -> certify
-//! (re-read the plan from the log files, recompute the root, verify a
-//! seeded sample of inclusion proofs) -> finish (a durable `PlanFinished`).
+//! records from the worker's thread; the store applies them once durable)
+//! -> aggregate (root over the durable outcomes) -> certify (re-read the
+//! plan from the log files, recompute the root, verify a seeded sample of
+//! inclusion proofs) -> finish (a durable `PlanFinished`).
 
 use crate::dag::{self, Dag, LeafIndex};
 use crate::events::{self, Bus, ShardEvent};
@@ -606,47 +607,33 @@ impl Engine {
             position: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
-        let done_flag = std::sync::atomic::AtomicBool::new(false);
-        /// Raises the flag however the scope is left, a panic included, so
-        /// the progress thread always ends.
-        struct RaiseOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for RaiseOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        // Dropped when the run is over (a panic included): the watching
+        // threads below then end at once.
         let (run_over, watch) = crossbeam_channel::bounded::<()>(0);
+        let every_100_ms = |watch: &crossbeam_channel::Receiver<()>| {
+            matches!(
+                watch.recv_timeout(Duration::from_millis(100)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            )
+        };
         std::thread::scope(|scope| {
-            // The SLO watch: every 100 ms until the run is over (when
-            // `run_over` is dropped, below).
             let slo_recorder = recorder.clone();
+            let slo_watch = watch.clone();
             scope.spawn(move || {
                 let mut alerted = vec![false; slo_recorder.slos.len()];
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    watch.recv_timeout(Duration::from_millis(100))
-                {
+                while every_100_ms(&slo_watch) {
                     slo_recorder.check_slos(&mut alerted);
                 }
             });
             if let Some(progress) = progress {
                 let entry = entry.clone();
-                let done_flag = &done_flag;
                 scope.spawn(move || {
-                    while !done_flag.load(std::sync::atomic::Ordering::Relaxed) {
-                        {
-                            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-                            let counts = plan.counts();
-                            progress.update(
-                                counts.done,
-                                counts.failed + counts.aborted,
-                                plan.shard_count(),
-                            );
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
+                    show_progress(progress, &entry);
+                    while every_100_ms(&watch) {
+                        show_progress(progress, &entry);
                     }
                 });
             }
-            let _raise = RaiseOnDrop(&done_flag);
             let _run_over = run_over;
             scheduler::run(input, options, control.clone(), recorder.clone());
         });
@@ -666,13 +653,7 @@ impl Engine {
             "executed"
         );
         if let Some(progress) = progress {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            let counts = plan.counts();
-            progress.update(
-                counts.done,
-                counts.failed + counts.aborted,
-                plan.shard_count(),
-            );
+            show_progress(progress, &entry);
             progress.finish();
         }
 
@@ -1559,6 +1540,17 @@ fn manifest_of(compiled: &Compiled, submitted_by: &str, dry_run: bool) -> Manife
         dry_run,
         worker: compiled.worker,
     }
+}
+
+/// Shows a plan's durable counts on a progress display.
+fn show_progress(progress: &dyn Progress, entry: &PlanEntry) {
+    let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = plan.counts();
+    progress.update(
+        counts.done,
+        counts.failed + counts.aborted,
+        plan.shard_count(),
+    );
 }
 
 fn publish_shard_events(bus: &Bus, group: &[Vec<Record>]) {

@@ -960,10 +960,8 @@ impl Store {
         if !revisits.is_empty() {
             // Latest leaf hashes of the revisited blocks, from a second scan
             // of the same frames (records appended since are not read).
-            let mut latest: Vec<Option<Vec<Option<Hash>>>> = (0..shard_count
-                .div_ceil(1 << BLOCK_LOG2))
-                .map(|_| None)
-                .collect();
+            let mut latest: Vec<Option<Vec<Option<Hash>>>> =
+                (0..stream.block_count()).map(|_| None).collect();
             for &block in &revisits {
                 let range = stream.block_range(block);
                 latest[block] = Some(vec![None; (range.end - range.start) as usize]);
@@ -975,10 +973,10 @@ impl Store {
                 Some(frames_seen),
                 &mut frames,
                 &mut |leaf, data| {
-                    let block = (leaf >> BLOCK_LOG2) as usize;
+                    let block = stream.block_of(leaf);
                     if let Some(leaves) = &mut latest[block] {
-                        leaves[(leaf & ((1 << BLOCK_LOG2) - 1)) as usize] =
-                            data.map(|data| crate::merkle::leaf_hash(data));
+                        let offset = leaf - stream.block_range(block).start;
+                        leaves[offset as usize] = data.map(|data| crate::merkle::leaf_hash(data));
                     }
                 },
             )?;

@@ -490,7 +490,8 @@ pub fn run(
     // Ranges are cut by leaves, so that there are several per thread; the
     // shards a range finds ready are cut by the pending count, so that
     // pending shards bunched in one range (a resume) still spread.
-    let per_thread_jobs = shared.options.threads * 16;
+    // (No range at all when nothing is pending: a resume of a finished
+    // plan.)
     let leaf_total: usize = cpu_stages
         .iter()
         .map(|&stage| dag.stages[stage].shard_count as usize)
@@ -499,8 +500,11 @@ pub fn run(
         .iter()
         .map(|&stage| shared.stage_left[stage].load(Ordering::SeqCst) as usize)
         .sum();
-    let range_len = (leaf_total / per_thread_jobs).clamp(1, READY_CHUNK_MAX) as u32;
-    let piece_len = (pending_total / per_thread_jobs).clamp(1, READY_CHUNK_MAX);
+    if pending_total == 0 {
+        cpu_stages.clear();
+    }
+    let range_len = shared.job_len(leaf_total) as u32;
+    let piece_len = shared.job_len(pending_total);
     let mut ranges: Vec<_> = cpu_stages
         .iter()
         .map(|&stage| {
@@ -513,10 +517,6 @@ pub fn run(
     let fair = cpu_stages
         .iter()
         .any(|&stage| shared.input.schedulers[stage] == SchedulerKind::FairRoundRobin);
-    if pending_total == 0 {
-        // Nothing to claim (a resume of a finished plan).
-        ranges.clear();
-    }
     if fair {
         // One range of each stage in turn.
         let mut any = true;
@@ -740,7 +740,7 @@ impl Shared {
             return;
         }
         let cpu = self.interleave(cpu);
-        let chunk = (cpu.len() / (self.options.threads * 16)).clamp(1, READY_CHUNK_MAX);
+        let chunk = self.job_len(cpu.len());
         if cpu.len() <= chunk {
             self.spawn_job(cpu, false);
             return;
@@ -748,6 +748,13 @@ impl Shared {
         for piece in cpu.chunks(chunk) {
             self.spawn_job(piece.to_vec(), false);
         }
+    }
+
+    /// How many of `count` ready shards (or leaves to look through) one
+    /// job takes: enough jobs that every thread gets several, none over
+    /// `READY_CHUNK_MAX`.
+    fn job_len(&self, count: usize) -> usize {
+        (count / (self.options.threads * 16)).clamp(1, READY_CHUNK_MAX)
     }
 
     /// `fair_round_robin`: when shards of several stages become ready

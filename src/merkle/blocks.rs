@@ -102,12 +102,6 @@ impl BlockTree {
         self.block_roots[block].is_some()
     }
 
-    /// Hashes block `block` from its leaf hashes (exactly its range's).
-    pub fn hash_block(&mut self, block: usize, leaf_hashes: &[Hash]) {
-        let hashed = hash_block_leaves(leaf_hashes.to_vec(), &self.sample_in(block));
-        self.put_block(block, hashed);
-    }
-
     /// The sampled leaves of block `block`, as offsets into it.
     pub fn sample_in(&self, block: usize) -> Vec<u64> {
         let range = self.block_range(block);
@@ -349,6 +343,15 @@ impl LatestLeaves {
         self.tree.block_range(block)
     }
 
+    /// The block holding `leaf`.
+    pub fn block_of(&self, leaf: u64) -> usize {
+        self.tree.block_of(leaf)
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.tree.block_count()
+    }
+
     /// Hashes `block` again from its leaves' latest outcomes (leaf hashes,
     /// in leaf order, exactly its range's). Returns false, leaving it
     /// unhashed, when one of them is not done.
@@ -412,6 +415,13 @@ mod tests {
         (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect()
     }
 
+    /// Hashes block `block` of `tree` from its leaf hashes (exactly its
+    /// range's), as a caller hashing on its own thread would.
+    fn hash_block(tree: &mut BlockTree, block: usize, leaf_hashes: &[Hash]) {
+        let hashed = hash_block_leaves(leaf_hashes.to_vec(), &tree.sample_in(block));
+        tree.put_block(block, hashed);
+    }
+
     fn blocked(leaves: &[Hash], block_log2: u32, sample: &[u64], reverse: bool) -> BlockTree {
         let mut tree = BlockTree::new(leaves.len() as u64, block_log2, sample);
         let mut order: Vec<usize> = (0..tree.block_count()).collect();
@@ -420,7 +430,11 @@ mod tests {
         }
         for block in order {
             let range = tree.block_range(block);
-            tree.hash_block(block, &leaves[range.start as usize..range.end as usize]);
+            hash_block(
+                &mut tree,
+                block,
+                &leaves[range.start as usize..range.end as usize],
+            );
         }
         tree
     }
@@ -455,13 +469,13 @@ mod tests {
         let mut tree = BlockTree::new(10, 2, &[9]);
         assert_eq!(tree.block_count(), 3);
         assert_eq!(tree.block_range(2), 8..10);
-        tree.hash_block(0, &all[0..4]);
-        tree.hash_block(2, &all[8..10]);
+        hash_block(&mut tree, 0, &all[0..4]);
+        hash_block(&mut tree, 2, &all[8..10]);
         assert!(!tree.is_hashed(1));
         let mut complete = blocked(&all, 2, &[9], false);
         complete.forget_block(1);
         assert!(complete.finish().is_none());
-        tree.hash_block(1, &all[4..8]);
+        hash_block(&mut tree, 1, &all[4..8]);
         let (root, proofs) = tree.finish().unwrap();
         assert_eq!(root, root_of_leaf_hashes(all));
         assert_eq!(proofs[0].leaf_index, 9);
