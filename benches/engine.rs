@@ -9,8 +9,8 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use hxo::engine::{self, Engine};
-use hxo::exec::scheduler::Control;
 use hxo::plan::{PlanDefaults, PlanSpec};
+use hxo::sched::Control;
 use hxo::settings::{Overrides, Settings};
 use hxo::store::Store;
 use std::path::Path;

@@ -12,9 +12,6 @@
 
 use crate::dag::{self, Dag, LeafIndex};
 use crate::events::{self, Bus, ShardEvent};
-use crate::exec::scheduler::{
-    self, Control, Initial, OutcomeKind, RunInput, RunOptions, StopReason,
-};
 use crate::exec::{self, Executor};
 use crate::hash::{to_hex, Hash};
 use crate::log::{PlanId, Record};
@@ -24,6 +21,9 @@ use crate::plan::{
     Manifest, ManifestStage, Plan, PlanDefaults, PlanError, PlanSpec, WorkerSlice, MANIFEST_FORMAT,
 };
 use crate::report::{self, Live, Report};
+use crate::sched::{
+    self as scheduler, Control, Initial, OutcomeKind, RunInput, RunOptions, StopReason,
+};
 use crate::settings::Settings;
 use crate::store::{plan_id_text, PlanEntry, PlanRecord, SlotState, Store, StoreError};
 use serde_json::json;

@@ -17,7 +17,9 @@
 //!
 //! The edges, which do:
 //! - [`partition`]: the partitioners, reading directories and databases.
-//! - [`exec`]: executors and the scheduler (see `src/exec/README.md`).
+//! - [`exec`]: the executors: what a shard does.
+//! - [`sched`]: the scheduler that runs shards on the pools (see
+//!   `src/sched/README.md`).
 //! - [`log`]: the checkpoint log; its byte layout is documented in
 //!   `log/format.rs`.
 //! - [`store`]: the index of what the log says, fed only by durable batches.
@@ -48,5 +50,6 @@ pub mod merkle;
 pub mod partition;
 pub mod plan;
 pub mod report;
+pub mod sched;
 pub mod settings;
 pub mod store;

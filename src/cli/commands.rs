@@ -5,10 +5,10 @@
 use super::progress::Bar;
 use super::{exit, signals, Cli, CliError, Command, GlobalArgs, PlanCommand};
 use crate::engine::{self, Compiled, Engine, RunEnd, RunSummary};
-use crate::exec::scheduler::Control;
 use crate::hash::to_hex;
 use crate::log::PlanId;
 use crate::plan::{PlanSpec, StageSpec};
+use crate::sched::Control;
 use crate::settings::{Overrides, Settings};
 use crate::store::{plan_id_text, Store};
 use anyhow::Context;

@@ -3,7 +3,7 @@
 //! be resumed. The handler only sets a flag, which is async-signal-safe; a
 //! watcher thread turns the flag into a stop.
 
-use crate::exec::scheduler::{Control, StopReason};
+use crate::sched::{Control, StopReason};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;

@@ -2,9 +2,9 @@
 //! runs with, cancellation, and the builder that turns a stage's executor
 //! name and config into an executor.
 //!
-//! The scheduler that runs shards on the pools lives in [`scheduler`]; how
-//! it works (states, termination, ordering, backpressure) is explained in
-//! `src/exec/README.md`.
+//! The scheduler that runs shards on the pools is [`crate::sched`]; how it
+//! works (states, termination, ordering, backpressure) is explained in
+//! `src/sched/README.md`.
 //!
 //! Executors must be idempotent and deterministic: running a shard twice
 //! gives the same output digest. Where a shard's work is made of units
@@ -17,7 +17,6 @@ pub mod docs_index;
 pub mod index_assets;
 pub mod pack_backend;
 pub mod prime_caches;
-pub mod scheduler;
 pub mod shell;
 pub mod sql_migrate;
 pub mod support;

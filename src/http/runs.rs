@@ -12,8 +12,8 @@
 //! threads; the caller closes the engine after.
 
 use crate::engine::{Compiled, Engine, RunEnd};
-use crate::exec::scheduler::{Control, StopReason};
 use crate::log::PlanId;
+use crate::sched::{Control, StopReason};
 use crate::store::plan_id_text;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,7 +2,7 @@
 //! (CPU-bound executors) and a blocking lane (subprocesses, SQL), and hands
 //! every outcome to the caller through one bounded channel.
 //!
-//! See `src/exec/README.md` for the states, termination, ordering and
+//! See `src/sched/README.md` for the states, termination, ordering and
 //! backpressure rules in prose. In short:
 //! - a shard moves PENDING -> CLAIMED -> (running) -> DONE | FAILED, or
 //!   PENDING -> BLOCKED when something upstream failed, or to ABANDONED /
@@ -14,8 +14,8 @@
 //!   when the sink (the log writer) falls behind, workers block in it and
 //!   the pool slows down.
 
-use super::{CancelToken, ExecError, Executor, ShardContext};
 use crate::dag::{Dag, LeafIndex};
+use crate::exec::{CancelToken, ExecError, Executor, ShardContext};
 use crate::hash::Hash;
 use crate::limits::{OUTCOME_BATCH_MAX, READY_CHUNK_MAX};
 use crate::plan::SchedulerKind;
@@ -1325,5 +1325,4 @@ pub fn truncate_utf8(text: &mut String, max_bytes: usize) {
 }
 
 #[cfg(test)]
-#[path = "scheduler_tests.rs"]
 mod tests;
