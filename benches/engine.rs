@@ -10,9 +10,7 @@ use criterion::{
 };
 use hxo::engine::{self, Engine};
 use hxo::plan::{PlanDefaults, PlanSpec};
-use hxo::sched::Control;
 use hxo::settings::{Overrides, Settings};
-use hxo::store::Store;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,10 +64,8 @@ fn run_once(shards: u64, sync_commits: bool) -> Duration {
     )
     .unwrap();
     let compiled = engine.compile(noop_plan(shards), dir.path()).unwrap();
-    let plan_id = engine.accept(&compiled, "bench", false).unwrap();
-    let summary = engine
-        .execute(plan_id, &compiled, Control::new(), None)
-        .unwrap();
+    let ticket = engine.start_new(compiled, "bench", false).unwrap();
+    let summary = engine.run(ticket, None).unwrap();
     assert!(summary.report.truth_certified);
     engine.close().unwrap();
     started.elapsed()
@@ -106,10 +102,9 @@ fn bench(c: &mut Criterion) {
     let plan_id = {
         let engine = Engine::open(settings(&db, true), false).unwrap();
         let compiled = engine.compile(noop_plan(n), dir.path()).unwrap();
-        let plan_id = engine.accept(&compiled, "bench", false).unwrap();
-        engine
-            .execute(plan_id, &compiled, Control::new(), None)
-            .unwrap();
+        let ticket = engine.start_new(compiled, "bench", false).unwrap();
+        let plan_id = *ticket.plan_id();
+        engine.run(ticket, None).unwrap();
         engine.close().unwrap();
         plan_id
     };
@@ -118,8 +113,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n));
     group.bench_function(BenchmarkId::from_parameter(n), |b| {
         b.iter(|| {
-            let store = Arc::new(Store::open_read_only(&db, false).unwrap());
-            let engine = Engine::with_store(settings(&db, true), store);
+            let engine = Engine::open_read_only(settings(&db, true), false).unwrap();
             let report = engine.report(&plan_id).unwrap();
             assert_eq!(report.done_shards, n);
             report

@@ -1,10 +1,10 @@
 //! The binary's global allocator: the system allocator, plus a hint to the
 //! kernel that large allocations should be backed by transparent huge pages.
 //!
-//! A 10^6-shard run touches ~170 MB of fresh anonymous memory (cas_ids,
-//! the store's shard slots, the certification's leaf hashes). In 4 KiB
-//! pages that is ~40,000 page faults, measured at a tenth of the run's CPU
-//! time; in 2 MiB pages it is a few hundred. Where the kernel's THP mode is
+//! A large run touches hundreds of megabytes of fresh anonymous memory
+//! (cas_ids, the store's shard slots, certification's blocks). In 4 KiB
+//! pages that is tens of thousands of page faults; in 2 MiB pages a few
+//! hundred (BENCHMARKS.md has the figures). Where the kernel's THP mode is
 //! `madvise` (the common default), nothing is huge unless asked for, so
 //! allocations of at least [`HUGE_PAGE_HINT_MIN_BYTES`] are `madvise`d
 //! `MADV_HUGEPAGE`. It is only a hint: where THP is off, or on other

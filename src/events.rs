@@ -196,8 +196,7 @@ impl Bus {
     /// Keeps per-shard events in the ring for readers that come later (the
     /// HTTP service's event pages and SSE replay). Without it and with no
     /// live subscriber, per-shard events are not built at all: nobody could
-    /// ever read them (a CLI run, where building them cost a tenth of a
-    /// 10^6-shard run's CPU time).
+    /// ever read them (a CLI run).
     pub fn retain_shard_events(&self) {
         self.retain_shard_events.store(true, Ordering::Relaxed);
     }

@@ -1,5 +1,5 @@
 //! The `hxo` binary: parse arguments, run the command, map the outcome to
-//! an exit code (DESIGN section 7). All the work is in the library.
+//! an exit code (`cli::exit`). All the work is in the library.
 
 use clap::Parser;
 use std::process::ExitCode;

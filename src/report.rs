@@ -3,7 +3,8 @@
 //! output and the HTTP API, so field names are a contract.
 
 use crate::hash::to_hex;
-use crate::store::{plan_id_text, PlanRecord, SlotState};
+use crate::ids::plan_id_text;
+use crate::store::{PlanRecord, SlotState};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -139,7 +140,8 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-pub fn build(plan: &PlanRecord, live: Live) -> Report {
+/// The report of a plan whose lifecycle status is `status`.
+pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
     let counts = plan.counts();
     // Durations of the shards that ran, in leaf order; stages are
     // contiguous leaf ranges, so each stage's are a slice of them.
@@ -221,11 +223,7 @@ pub fn build(plan: &PlanRecord, live: Live) -> Report {
             error: plan.errors[&leaf].clone(),
         });
     }
-    let status = if live.running_now {
-        "running".to_string()
-    } else {
-        plan.status().to_string()
-    };
+    let status = status.to_string();
     let claimed = live.claimed.min(pending_all);
     let running = live.running.min(pending_all - claimed);
     Report {
@@ -285,7 +283,8 @@ pub struct Status {
     pub eta_seconds: Option<f64>,
 }
 
-pub fn status(plan: &PlanRecord, live: Live) -> Status {
+/// The status fields of a plan whose lifecycle status is `status`.
+pub fn status(plan: &PlanRecord, live: Live, status: &str) -> Status {
     let counts = plan.counts();
     let total = plan.shard_count();
     let pending_all = plan.pending_count();
@@ -301,11 +300,7 @@ pub fn status(plan: &PlanRecord, live: Live) -> Status {
     Status {
         plan_id: plan_id_text(&plan.plan_id),
         plan_name: plan.manifest.spec.name.clone(),
-        status: if live.running_now {
-            "running".to_string()
-        } else {
-            plan.status().to_string()
-        },
+        status: status.to_string(),
         total_shards: total,
         pending_shards: pending_all - claimed - running,
         claimed_shards: claimed,
@@ -417,5 +412,80 @@ mod tests {
                 assert_eq!(p50_p95_us(&mut c), want, "{values:?}");
             }
         }
+    }
+}
+
+/// Histogram bucket bounds of shard durations, in seconds.
+pub const DURATION_BUCKETS_S: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// What `/metrics` shows of the store: plans by status, shards by state,
+/// shard durations, certifications and rehydrations. Gathered by a pass
+/// over every shard (scrapes are rare; status polls never do this).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Plans by status name.
+    pub plans_by_status: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
+    pub pending: u64,
+    pub claimed: u64,
+    pub running: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub aborted: u64,
+    /// Shards with an outcome per bucket of [`DURATION_BUCKETS_S`] (not
+    /// cumulative).
+    pub duration_buckets: [u64; DURATION_BUCKETS_S.len()],
+    pub duration_sum_us: u128,
+    pub duration_count: u64,
+    /// Plans whose latest root is certified.
+    pub certified: u64,
+    /// Plans finished with every shard done.
+    pub finished_complete: u64,
+    pub rehydrations: u64,
+}
+
+impl Metrics {
+    /// Adds one plan, whose lifecycle status is `status`.
+    pub fn add(&mut self, plan: &PlanRecord, status: &str) {
+        *self.plans_by_status.entry(status.to_string()).or_insert(0) += 1;
+        let counts = plan.counts();
+        self.total += plan.shard_count();
+        self.pending += plan.pending_count();
+        self.done += counts.done;
+        self.failed += counts.failed;
+        self.aborted += counts.aborted;
+        self.rehydrations += u64::from(plan.rehydrations);
+        if plan.truth_certified() {
+            self.certified += 1;
+        }
+        if plan.finished.is_some() && counts.done == plan.shard_count() {
+            self.finished_complete += 1;
+        }
+        for slot in &plan.shards {
+            let timed = match slot.state {
+                SlotState::Done => !slot.reused,
+                SlotState::Failed => slot.attempts > 0,
+                SlotState::Pending | SlotState::Aborted => false,
+            };
+            if !timed {
+                continue;
+            }
+            let seconds = slot.duration_us as f64 / 1e6;
+            if let Some(bucket) = DURATION_BUCKETS_S.iter().position(|&le| seconds <= le) {
+                self.duration_buckets[bucket] += 1;
+            }
+            self.duration_sum_us += u128::from(slot.duration_us);
+            self.duration_count += 1;
+        }
+    }
+
+    /// Claimed and running shards of the plans running in this process,
+    /// bounded by the pending ones (a shard claimed just now may already
+    /// be durable).
+    pub fn set_live(&mut self, claimed: u64, running: u64) {
+        self.claimed = claimed.min(self.pending);
+        self.running = running.min(self.pending - self.claimed);
     }
 }

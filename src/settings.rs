@@ -1,5 +1,5 @@
 //! Effective settings: command-line flags beat `HXO_*` variables, which beat
-//! defaults (DESIGN section 9).
+//! defaults (the README lists every variable).
 //!
 //! Settings are read once, validated (a zero concurrency or a split factor
 //! below 2 is a usage error, not a surprise at run time) and then passed

@@ -12,9 +12,9 @@
 
 use crate::events::{Bus, Event};
 use crate::hash::Hash;
+use crate::ids::{parse_plan_id, plan_id_text, PLAN_ID_PREFIX_LEN_MIN};
 use crate::log::format::RecordType;
-use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, TailCheck};
-use crate::merkle::{HashedBlock, InclusionProof, LatestLeaves};
+use crate::log::{self, LogError, LogOptions, PlanId, Record, RecoveryReport, RunCause, TailCheck};
 use crate::plan::Manifest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,15 +106,6 @@ pub struct AbortInfo {
     pub reason: String,
 }
 
-/// A plan's tree as read back from the log files ([`Store::reread_tree`]).
-#[derive(Clone, Debug)]
-pub struct RereadTree {
-    pub root: Hash,
-    /// The sampled leaves' inclusion proofs, ascending, each with the leaf
-    /// hash it proves.
-    pub proofs: Vec<(InclusionProof, Hash)>,
-}
-
 /// Everything the log says about one plan.
 #[derive(Clone, Debug)]
 pub struct PlanRecord {
@@ -129,11 +120,16 @@ pub struct PlanRecord {
     pub aborted: Option<AbortInfo>,
     pub finished: Option<Finish>,
     pub replays: u32,
+    /// Accepted as created (`PlanHeld`) and not submitted since.
+    pub held: bool,
+    /// Runs started (`PlanRunStarted`), resumes included.
+    pub run_starts: u32,
+    /// Runs started as resumes of an interrupted plan (rehydrations).
     pub rehydrations: u32,
     /// Hot-shard splits: leaf -> (pieces, piece digests so far).
     pub splits: HashMap<u64, (u32, Vec<Option<Hash>>)>,
     pub last_change_ms: u64,
-    /// The root a durable certification event vouched for.
+    /// The root the latest `PlanCertified` record vouched for.
     pub certified_root: Option<Hash>,
 }
 
@@ -149,6 +145,8 @@ impl PlanRecord {
             aborted: None,
             finished: None,
             replays: 0,
+            held: false,
+            run_starts: 0,
             rehydrations: 0,
             splits: HashMap::new(),
             last_change_ms: accepted_at_ms,
@@ -173,7 +171,8 @@ impl PlanRecord {
         self.finished.is_some() || self.aborted.is_some() || self.worker_slice_done()
     }
 
-    /// A worker's store holds one slice of a plan (DESIGN section 10): it
+    /// A worker's store holds one slice of a plan (README, "Beyond one
+    /// machine"): it
     /// is complete when every shard of the slice is done, and has no root
     /// of its own (`hxo merge` computes it from every worker's store).
     pub fn worker_slice_done(&self) -> bool {
@@ -191,27 +190,11 @@ impl PlanRecord {
         })
     }
 
-    /// The latest root is certified (DESIGN section 3).
+    /// The latest root is the one a certification vouched for.
     pub fn truth_certified(&self) -> bool {
         match (&self.finished, &self.certified_root) {
             (Some(finish), Some(root)) => finish.root == *root,
             _ => false,
-        }
-    }
-
-    pub fn status(&self) -> &'static str {
-        if self.aborted.is_some() {
-            "aborted"
-        } else if self.finished.is_some() {
-            if self.counts.failed + self.counts.aborted > 0 || self.pending_count() > 0 {
-                "failed"
-            } else {
-                "finished"
-            }
-        } else if self.worker_slice_done() {
-            "slice_finished"
-        } else {
-            "incomplete"
         }
     }
 
@@ -355,6 +338,17 @@ impl PlanRecord {
                     failed_count: *failed_count,
                 });
             }
+            Record::PlanHeld { .. } => self.held = true,
+            Record::PlanSubmitted { .. } => self.held = false,
+            Record::PlanRunStarted { cause, .. } => {
+                self.run_starts += 1;
+                if *cause == RunCause::Resume {
+                    self.rehydrations += 1;
+                }
+            }
+            Record::PlanCertified {
+                root, certified, ..
+            } => self.certified_root = certified.then_some(*root),
             Record::PlanAccepted { .. } | Record::Event { .. } => {}
         }
     }
@@ -369,19 +363,33 @@ pub fn plan_id_of(record: &Record) -> Option<&PlanId> {
         | Record::SubShardDone { plan_id, .. }
         | Record::PlanAborted { plan_id, .. }
         | Record::PlanReplayed { plan_id, .. }
-        | Record::PlanFinished { plan_id, .. } => Some(plan_id),
+        | Record::PlanFinished { plan_id, .. }
+        | Record::PlanHeld { plan_id, .. }
+        | Record::PlanSubmitted { plan_id, .. }
+        | Record::PlanRunStarted { plan_id, .. }
+        | Record::PlanCertified { plan_id, .. } => Some(plan_id),
         Record::Event { .. } => None,
     }
 }
 
+/// Errors of the store layer: the log's, and what the index adds.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("plan {plan_id}: manifest in the log is unreadable: {message}")]
     Manifest { plan_id: String, message: String },
-    #[error("the checkpoint log writer stopped: {0}")]
-    WriterStopped(String),
+    /// The log writer refused a batch or stopped after a failure; the
+    /// cause is the log's error.
+    #[error("the checkpoint log writer stopped")]
+    WriterStopped(#[source] Arc<LogError>),
+    /// The thread that applies durable batches to the index ended.
+    #[error("the thread applying durable records to the index stopped")]
+    ApplierStopped,
+    #[error("the checkpoint store is open read-only")]
+    ReadOnly,
+    #[error("spawning the index thread")]
+    Spawn(#[source] std::io::Error),
 }
 
 /// One plan's entry: its record, and a condition variable signalled after
@@ -474,12 +482,6 @@ impl Index {
                     };
                     let data: serde_json::Value =
                         serde_json::from_str(payload_json).unwrap_or(serde_json::Value::Null);
-                    if topic == crate::events::AGGREGATE_CERTIFY {
-                        self.note_certification(&data);
-                    }
-                    if topic == crate::events::PLAN && data["status"] == "rehydrated" {
-                        self.note_rehydration(&data);
-                    }
                     self.events.push(Event {
                         seq: *seq,
                         at_ms: *at_ms,
@@ -518,55 +520,6 @@ impl Index {
         }
         Ok(())
     }
-}
-
-impl Index {
-    /// A durable `hxo.aggregate.certify` event records which root was
-    /// certified; the plan's report trusts it only while it matches the
-    /// plan's latest root.
-    fn note_certification(&mut self, data: &serde_json::Value) {
-        let plan_id = data
-            .get("plan_id")
-            .and_then(|v| v.as_str())
-            .and_then(parse_plan_id);
-        let root = data
-            .get("root")
-            .and_then(|v| v.as_str())
-            .and_then(crate::hash::from_hex);
-        let certified = data.get("truth_certified").and_then(|v| v.as_bool()) == Some(true);
-        if let (Some(plan_id), Some(root)) = (plan_id, root) {
-            if let Some(entry) = self.plans.get(&plan_id) {
-                let mut plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-                plan.certified_root = certified.then_some(root);
-            }
-        }
-    }
-}
-
-impl Index {
-    /// A resume is logged as a durable `hxo.plan` event with status
-    /// `rehydrated`; the guide's rehydration metric counts them.
-    fn note_rehydration(&mut self, data: &serde_json::Value) {
-        let plan_id = data
-            .get("plan_id")
-            .and_then(|v| v.as_str())
-            .and_then(parse_plan_id);
-        if let Some(entry) = plan_id.and_then(|id| self.plans.get(&id)) {
-            entry
-                .record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .rehydrations += 1;
-        }
-    }
-}
-
-pub fn plan_id_text(plan_id: &PlanId) -> String {
-    uuid::Uuid::from_bytes(*plan_id).to_string()
-}
-
-pub fn parse_plan_id(text: &str) -> Option<PlanId> {
-    uuid::Uuid::parse_str(text).ok().map(|u| *u.as_bytes())
 }
 
 /// Called once per durable commit group, with its batches in log order.
@@ -665,9 +618,7 @@ impl Store {
                     durable.advanced.notify_all();
                 }
             })
-            .map_err(|source| {
-                StoreError::WriterStopped(format!("spawning the index thread: {source}"))
-            })?;
+            .map_err(StoreError::Spawn)?;
         let writer = log::spawn_writer(
             log,
             crate::limits::LOG_QUEUE_BATCHES_MAX,
@@ -726,13 +677,11 @@ impl Store {
                 let count = records.len() as u64;
                 writer
                     .submit(records)
-                    .map_err(|e| StoreError::WriterStopped(e.to_string()))?;
+                    .map_err(|e| StoreError::WriterStopped(Arc::new(e)))?;
                 *submitted += count;
                 Ok(*submitted)
             }
-            None => Err(StoreError::WriterStopped(
-                "the store is open read-only".into(),
-            )),
+            None => Err(StoreError::ReadOnly),
         }
     }
 
@@ -745,7 +694,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner());
         while *count < position {
             if let Some(failure) = self.writer_failure() {
-                return Err(StoreError::WriterStopped(failure));
+                return Err(failure);
             }
             count = self
                 .durability
@@ -765,12 +714,12 @@ impl Store {
 
     /// Why the writer (or the thread applying its batches) stopped, if it
     /// did. Takes no lock a blocked submit may hold.
-    pub fn writer_failure(&self) -> Option<String> {
+    pub fn writer_failure(&self) -> Option<StoreError> {
         if let Some(cause) = self.writer_failed.get() {
-            return Some(cause.to_string());
+            return Some(StoreError::WriterStopped(cause.clone()));
         }
         if !self.applier_alive.load(std::sync::atomic::Ordering::SeqCst) {
-            return Some("the thread applying durable records to the index stopped".into());
+            return Some(StoreError::ApplierStopped);
         }
         None
     }
@@ -796,7 +745,7 @@ impl Store {
         if let Some(id) = parse_plan_id(text) {
             return self.plan(&id);
         }
-        if text.len() < 4 {
+        if text.len() < PLAN_ID_PREFIX_LEN_MIN {
             return None;
         }
         let index = lock_read(&self.index);
@@ -866,7 +815,7 @@ impl Store {
             }
             drop(plan);
             if let Some(failure) = self.writer_failure() {
-                return Err(StoreError::WriterStopped(failure));
+                return Err(failure);
             }
             plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let now = std::time::Instant::now();
@@ -882,124 +831,13 @@ impl Store {
         }
     }
 
-    /// A plan's tree as the log files on disk have it (not as memory has
-    /// it), for certification and `hxo verify`: the root and the inclusion
-    /// proofs of the leaves in `sample`. `None` unless every shard's latest
-    /// outcome in the files is DONE.
-    ///
-    /// This thread scans and decodes, placing each outcome in its aligned
-    /// block of leaves ([`LatestLeaves`]); a block whose leaves are all
-    /// done is hashed (leaves and subtree) on the rayon pool while the scan
-    /// goes on. Memory stays at the few blocks open or being hashed. A
-    /// block that an outcome reaches after it was handed out (a replay) is
-    /// read again in a second scan.
-    pub fn reread_tree(
-        &self,
-        plan_id: &PlanId,
-        shard_count: u64,
-        sample: &[u64],
-    ) -> Result<Option<RereadTree>, StoreError> {
-        /// Leaves per block: 2^15, two megabytes of leaf data.
-        const BLOCK_LOG2: u32 = 15;
-        /// Blocks handed to the pool and not yet back (bounds the memory
-        /// when the scan outruns the hashing).
-        const BLOCKS_IN_FLIGHT_MAX: usize = 4;
-        let mut stream = LatestLeaves::new(shard_count, BLOCK_LOG2, sample);
-        let (hashed_tx, hashed_rx) = crossbeam_channel::unbounded::<HashedBlock>();
-        let mut frames_seen = 0u64;
-        let scanned = rayon::in_place_scope(|scope| {
-            let mut in_flight = 0usize;
-            self.scan_leaf_updates(
-                plan_id,
-                shard_count,
-                None,
-                &mut frames_seen,
-                &mut |leaf, data| {
-                    let Some(full) = stream.update(leaf, data) else {
-                        return;
-                    };
-                    let hashed_tx = hashed_tx.clone();
-                    scope.spawn(move |_| {
-                        // The receiver outlives the scope.
-                        let _ = hashed_tx.send(full.hash());
-                    });
-                    in_flight += 1;
-                    while in_flight > BLOCKS_IN_FLIGHT_MAX {
-                        match hashed_rx.try_recv() {
-                            Ok(hashed) => {
-                                stream.add(hashed);
-                                in_flight -= 1;
-                            }
-                            // On a pool thread (certifying inside a pool), the
-                            // tasks may sit in this thread's own queue: run
-                            // them rather than wait for them.
-                            Err(_) => match rayon::yield_now() {
-                                None => {
-                                    stream.add(hashed_rx.recv().expect("a sender is held here"));
-                                    in_flight -= 1;
-                                }
-                                Some(rayon::Yield::Executed) => {}
-                                Some(rayon::Yield::Idle) => std::thread::yield_now(),
-                            },
-                        }
-                    }
-                    for hashed in hashed_rx.try_iter() {
-                        stream.add(hashed);
-                        in_flight -= 1;
-                    }
-                },
-            )
-        });
-        drop(hashed_tx);
-        // The scope has waited for every block it handed out.
-        for hashed in hashed_rx {
-            stream.add(hashed);
-        }
-        scanned?;
-        let revisits = stream.revisits();
-        if !revisits.is_empty() {
-            // Latest leaf hashes of the revisited blocks, from a second scan
-            // of the same frames (records appended since are not read).
-            let mut latest: Vec<Option<Vec<Option<Hash>>>> =
-                (0..stream.block_count()).map(|_| None).collect();
-            for &block in &revisits {
-                let range = stream.block_range(block);
-                latest[block] = Some(vec![None; (range.end - range.start) as usize]);
-            }
-            let mut frames = 0;
-            self.scan_leaf_updates(
-                plan_id,
-                shard_count,
-                Some(frames_seen),
-                &mut frames,
-                &mut |leaf, data| {
-                    let block = stream.block_of(leaf);
-                    if let Some(leaves) = &mut latest[block] {
-                        let offset = leaf - stream.block_range(block).start;
-                        leaves[offset as usize] = data.map(|data| crate::merkle::leaf_hash(data));
-                    }
-                },
-            )?;
-            for (block, leaves) in latest.into_iter().enumerate() {
-                if let Some(leaves) = leaves {
-                    if !stream.rehash(block, &leaves) {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        Ok(stream
-            .finish()
-            .map(|(root, proofs)| RereadTree { root, proofs }))
-    }
-
     /// Scans the log files for `plan_id`'s shard outcomes, in log order:
     /// leaf data (`cas_id || output_digest`) for a DONE one, `None` for a
     /// FAILED one (the shard is not done any more). DONE frames are read in
     /// place, not decoded into records: there is one per shard. Counts the
     /// frames read in `frames_seen`; with `frames_max`, frames past that
     /// many are passed over (a second scan reads what the first did).
-    fn scan_leaf_updates(
+    pub fn scan_outcomes(
         &self,
         plan_id: &PlanId,
         shard_count: u64,
@@ -1076,7 +914,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -1098,7 +936,11 @@ mod tests {
 
     /// A store holding one DONE record per leaf of a `shards`-leaf plan,
     /// in leaf order, and the leaf hashes they give.
-    fn store_of_done_leaves(dir: &Path, plan: PlanId, shards: u64) -> (Store, Vec<Hash>) {
+    pub(crate) fn store_of_done_leaves(
+        dir: &Path,
+        plan: PlanId,
+        shards: u64,
+    ) -> (Store, Vec<Hash>) {
         let store = Store::open(dir, LogOptions::default()).unwrap();
         let records: Vec<Record> = (0..shards)
             .map(|leaf| Record::ShardDone {
@@ -1127,33 +969,6 @@ mod tests {
     }
 
     #[test]
-    fn the_reread_tree_completes_on_a_pool_thread() {
-        const PLAN: PlanId = [3; 16];
-        // Ten full blocks of 2^15: more than may be in flight at once, so
-        // the scan must wait for hashed blocks while it runs on the only
-        // thread of the pool their tasks were queued on.
-        let shards = 10 << 15;
-        let dir = tempfile::tempdir().unwrap();
-        let (store, leaves) = store_of_done_leaves(dir.path(), PLAN, shards);
-        let store = Arc::new(store);
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let pool_store = store.clone();
-        std::thread::spawn(move || {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap();
-            let tree = pool.install(|| pool_store.reread_tree(&PLAN, shards, &[7]));
-            let _ = done_tx.send(tree.unwrap().map(|tree| tree.root));
-        });
-        let root = done_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("reread_tree inside a one-thread pool finished");
-        assert_eq!(root, Some(crate::merkle::root_of_leaf_hashes(leaves)));
-        store.close().unwrap();
-    }
-
-    #[test]
     fn a_second_scan_reads_no_frame_past_the_first() {
         const PLAN: PlanId = [4; 16];
         let dir = tempfile::tempdir().unwrap();
@@ -1161,7 +976,7 @@ mod tests {
         let leaves_read = |frames_max: Option<u64>| {
             let (mut seen, mut leaves) = (0, Vec::new());
             store
-                .scan_leaf_updates(&PLAN, 10, frames_max, &mut seen, &mut |leaf, data| {
+                .scan_outcomes(&PLAN, 10, frames_max, &mut seen, &mut |leaf, data| {
                     assert!(data.is_some());
                     leaves.push(leaf);
                 })
@@ -1175,87 +990,6 @@ mod tests {
         let (seen, first) = leaves_read(Some(4));
         assert_eq!(first, vec![0, 1, 2, 3]);
         assert_eq!(seen, 10, "the scan still reads, and counts, every frame");
-        store.close().unwrap();
-    }
-
-    #[test]
-    fn the_reread_tree_follows_each_leafs_latest_outcome_in_any_order() {
-        const PLAN: PlanId = [9; 16];
-        let shards = 70_000u64; // more than two blocks of 2^15
-        let data = |leaf: u64, round: u8| -> (Hash, Hash) {
-            let cas_id = crate::hash::sha256(&leaf.to_le_bytes());
-            (cas_id, [round; 32])
-        };
-        let done = |leaf: u64, round: u8| {
-            let (cas_id, output_digest) = data(leaf, round);
-            Record::ShardDone {
-                plan_id: PLAN,
-                leaf_index: leaf,
-                cas_id,
-                output_digest,
-                attempts: 1,
-                duration_us: 0,
-            }
-        };
-        let failed = |leaf: u64| Record::ShardFailed {
-            plan_id: PLAN,
-            leaf_index: leaf,
-            cas_id: data(leaf, 0).0,
-            attempts: 1,
-            duration_us: 0,
-            aborted: false,
-            error: "x".into(),
-        };
-        // Leaves in a scrambled order; every 7th first fails, then is done
-        // (a replay); every 11th is done twice, the later outcome winning.
-        let mut records = Vec::new();
-        let order = (0..shards).map(|i| (i * 7919) % shards);
-        for leaf in order.clone() {
-            records.push(if leaf % 7 == 0 {
-                failed(leaf)
-            } else {
-                done(leaf, 1)
-            });
-        }
-        for leaf in order {
-            if leaf % 7 == 0 || leaf % 11 == 0 {
-                records.push(done(leaf, 2));
-            }
-        }
-        let final_round = |leaf: u64| {
-            if leaf % 7 == 0 || leaf % 11 == 0 {
-                2
-            } else {
-                1
-            }
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), LogOptions::default()).unwrap();
-        for batch in records.chunks(crate::log::limits::SUBMIT_BATCH_RECORDS_MAX) {
-            store
-                .wait_durable(store.submit(batch.to_vec()).unwrap())
-                .unwrap();
-        }
-        let leaves: Vec<Hash> = (0..shards)
-            .map(|leaf| {
-                let (cas_id, digest) = data(leaf, final_round(leaf));
-                crate::merkle::shard_leaf_hash(&cas_id, &digest)
-            })
-            .collect();
-        let sample = [0, 5, 32_767, 32_768, 65_537, shards - 1];
-        let (root, proofs) = crate::merkle::root_with_proofs(leaves.clone(), &sample);
-        let tree = store.reread_tree(&PLAN, shards, &sample).unwrap().unwrap();
-        assert_eq!(tree.root, root);
-        let got: Vec<_> = tree.proofs.iter().map(|(proof, _)| proof.clone()).collect();
-        assert_eq!(got, proofs);
-        for (proof, leaf) in &tree.proofs {
-            assert_eq!(*leaf, leaves[proof.leaf_index as usize]);
-        }
-        // A leaf whose latest outcome is a failure: no tree.
-        store
-            .wait_durable(store.submit(vec![failed(40_000)]).unwrap())
-            .unwrap();
-        assert!(store.reread_tree(&PLAN, shards, &sample).unwrap().is_none());
         store.close().unwrap();
     }
 
@@ -1294,8 +1028,8 @@ mod tests {
     }
 
     /// A waiter must not deadlock against a submit blocked on a full writer
-    /// queue (the blocked submit holds the writer lock; the waiter used to
-    /// take it while holding the durability lock the applier needs).
+    /// queue: the blocked submit holds the writer lock, so a waiter must
+    /// never take it while holding the durability lock the applier needs.
     #[test]
     fn wait_durable_does_not_deadlock_with_a_blocked_submit() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,19 +3,24 @@
 //! prints either the human form or `--json`.
 
 use super::progress::Bar;
-use super::{exit, signals, Cli, CliError, Command, GlobalArgs, PlanCommand};
-use crate::engine::{self, Compiled, Engine, RunEnd, RunSummary};
+use super::{exit, Cli, CliError, Command, GlobalArgs, PlanCommand};
+use crate::engine::lifecycle::AbortOutcome;
+use crate::engine::{self, Compiled, Engine, RunEnd, RunSummary, RunTicket};
 use crate::hash::to_hex;
-use crate::log::PlanId;
+use crate::http::{Service, ServiceConfig};
+use crate::ids::plan_id_text;
 use crate::plan::{PlanSpec, StageSpec};
-use crate::sched::Control;
 use crate::settings::{Overrides, Settings};
-use crate::store::{plan_id_text, Store};
+use crate::signals;
 use anyhow::Context;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `hxo abort` waits for a plan it stops to end.
+const ABORT_WAIT: Duration = Duration::from_secs(10);
 
 fn settings(global: &GlobalArgs) -> Result<Settings, CliError> {
     Ok(Settings::from_env(Overrides {
@@ -84,9 +89,7 @@ fn open_read_only(global: &GlobalArgs) -> Result<Arc<Engine>, CliError> {
             settings.db_path.display()
         )));
     }
-    let store = Store::open_read_only(&settings.db_path, global.salvage)
-        .map_err(engine::EngineError::from)?;
-    Ok(Engine::with_store(settings, Arc::new(store)))
+    Ok(Engine::open_read_only(settings, global.salvage)?)
 }
 
 pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
@@ -148,9 +151,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::SUCCESS)
         }
         Command::Events { topic, plan_id } => events(global, topic.as_deref(), plan_id.as_deref()),
-        Command::Serve { bind, root } => {
-            crate::http::serve_cli(settings(global)?, &bind, &root, global.salvage)
-        }
+        Command::Serve { bind, root } => serve(global, bind, root),
         Command::Gc => gc(global),
         Command::Config => config(global),
         Command::Completions { shell } => {
@@ -180,17 +181,16 @@ fn print_summary(global: &GlobalArgs, summary: &RunSummary) -> Result<(), CliErr
     }
 }
 
-/// Runs one accepted plan with a progress bar and Ctrl-C handling.
-fn execute(
-    engine: &Arc<Engine>,
-    plan_id: PlanId,
-    compiled: &Compiled,
-) -> Result<RunSummary, CliError> {
-    let control = Control::new();
-    signals::watch(&control);
-    let bar = Bar::for_terminal(compiled.dag.shard_count() as u64);
+/// Runs a plan's ticket in this thread with a progress bar; SIGINT or
+/// SIGTERM stops it as interrupted.
+fn execute(engine: &Arc<Engine>, ticket: RunTicket) -> Result<RunSummary, CliError> {
+    let plan_id = *ticket.plan_id();
+    let stopper = engine.clone();
+    let _watch = signals::on_signal(move || stopper.interrupt_all())
+        .context("starting the signal watcher")?;
+    let bar = Bar::for_terminal(ticket.compiled().dag.shard_count() as u64);
     let progress = bar.as_ref().map(|b| b as &dyn engine::Progress);
-    let summary = engine.execute(plan_id, compiled, control, progress)?;
+    let summary = engine.run(ticket, progress)?;
     if summary.end == RunEnd::Interrupted {
         eprintln!(
             "hxo: interrupted; resume with `hxo resume {}`",
@@ -260,18 +260,23 @@ fn run_plan(
     let engine = open_engine(global)?;
     let mut compiled = engine.compile(spec, base_dir)?;
     if worker.is_some_and(|w| w.count > 1) {
-        Engine::check_sliceable(&compiled)?;
+        engine::check_sliceable(&compiled)?;
     }
     compiled.worker = worker;
-    let plan_id = engine.accept(&compiled, &whoami(), dry_run)?;
-    tracing::info!(plan_id = %plan_id_text(&plan_id), shards = compiled.dag.shard_count(), "plan accepted");
-    let summary = execute(&engine, plan_id, &compiled);
+    // Kept past the run, see below.
+    let dag = compiled.dag.clone();
+    let summary = engine
+        .start_new(compiled, &whoami(), dry_run)
+        .map_err(CliError::from)
+        .and_then(|ticket| {
+            tracing::info!(plan_id = %plan_id_text(ticket.plan_id()), shards = dag.shard_count(), "plan accepted");
+            execute(&engine, ticket)
+        });
     engine.close()?;
     // The process ends next, and the store is closed (synced, unlocked):
     // freeing a large plan's DAG and index one allocation at a time would
-    // take tens of milliseconds (measured at 10^6 shards) for memory the OS
-    // takes back at once.
-    std::mem::forget(compiled);
+    // take a while for memory the OS takes back at once.
+    std::mem::forget(dag);
     std::mem::forget(engine);
     let summary = summary?;
     print_summary(global, &summary)?;
@@ -470,72 +475,50 @@ pub fn deploy_plan(stages: &[String], database: Option<&Path>) -> Result<PlanSpe
 
 fn resume(global: &GlobalArgs, plan_id: Option<&str>) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
+    let result = resume_plans(global, &engine, plan_id);
+    engine.close()?;
+    result
+}
+
+/// Resumes one plan, or every resumable one (like the server's
+/// rehydration: created plans that were never submitted are not started).
+fn resume_plans(
+    global: &GlobalArgs,
+    engine: &Arc<Engine>,
+    plan_id: Option<&str>,
+) -> Result<u8, CliError> {
     let targets = match plan_id {
-        Some(text) => {
-            let plan_id = engine.find(text)?;
-            let report = engine.report(&plan_id)?;
-            if report.status != "incomplete" {
-                engine.close()?;
-                return Err(engine::EngineError::WrongState {
-                    plan_id: report.plan_id,
-                    status: report.status,
-                    action: "resume",
-                }
-                .into());
-            }
-            vec![plan_id]
-        }
-        // Like the server's rehydrator: plans created over HTTP and never
-        // submitted are not started.
-        None => engine
-            .incomplete_plans()
-            .into_iter()
-            .filter(|id| engine.is_submitted(id))
-            .collect(),
+        Some(text) => vec![engine.find(text)?],
+        None => engine.resumable_plans(),
     };
     if targets.is_empty() {
         eprintln!("hxo: no incomplete plans");
-        engine.close()?;
         return Ok(exit::SUCCESS);
     }
     let mut worst = exit::SUCCESS;
-    let mut result = Ok(());
     for plan_id in targets {
-        let step = (|| -> Result<RunSummary, CliError> {
-            let compiled = engine.recompile(&plan_id)?;
-            engine.note_resume(&plan_id)?;
-            eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
-            execute(&engine, plan_id, &compiled)
-        })();
-        match step {
-            Ok(summary) => {
-                print_summary(global, &summary)?;
-                worst = worst.max(exit_code(&summary.end));
-                if summary.end == RunEnd::Interrupted {
-                    break;
-                }
-            }
-            Err(error) => {
-                result = Err(error);
-                break;
-            }
+        let ticket = engine.resume(&plan_id)?;
+        eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
+        let summary = execute(engine, ticket)?;
+        print_summary(global, &summary)?;
+        worst = worst.max(exit_code(&summary.end));
+        if summary.end == RunEnd::Interrupted {
+            break;
         }
     }
-    engine.close()?;
-    result.map(|()| worst)
+    Ok(worst)
 }
 
 fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
-    let plan_id = engine.find(text)?;
     let outcome = (|| -> Result<RunSummary, CliError> {
-        let compiled = engine.recompile(&plan_id)?;
-        let count = engine.prepare_replay(&plan_id, &compiled, &whoami())?;
+        let plan_id = engine.find(text)?;
+        let (ticket, count) = engine.replay(&plan_id, &whoami())?;
         eprintln!(
             "hxo: replaying {count} shards of plan {}",
             plan_id_text(&plan_id)
         );
-        execute(&engine, plan_id, &compiled)
+        execute(&engine, ticket)
     })();
     engine.close()?;
     let summary = outcome?;
@@ -545,14 +528,19 @@ fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
 
 fn abort(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
     let engine = open_engine(global)?;
-    let plan_id = engine.find(text)?;
-    let result = engine.abort(&plan_id, &whoami());
+    let result = engine
+        .find(text)
+        .and_then(|plan_id| Ok((plan_id, engine.abort(&plan_id, &whoami(), ABORT_WAIT)?)));
     engine.close()?;
-    result?;
+    let (plan_id, outcome) = result?;
+    let status = match outcome {
+        AbortOutcome::Aborted => "aborted",
+        AbortOutcome::Stopping => "aborting",
+    };
     if global.json {
-        emit_json(&json!({"plan_id": plan_id_text(&plan_id), "status": "aborted"}))?;
+        emit_json(&json!({"plan_id": plan_id_text(&plan_id), "status": status}))?;
     } else {
-        emit(&format!("plan {} aborted\n", plan_id_text(&plan_id)))?;
+        emit(&format!("plan {} {status}\n", plan_id_text(&plan_id)))?;
     }
     Ok(exit::SUCCESS)
 }
@@ -587,32 +575,16 @@ fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
 
 fn plans(global: &GlobalArgs) -> Result<u8, CliError> {
     let engine = open_read_only(global)?;
-    let mut rows = Vec::new();
-    for entry in engine.store.plans() {
-        let id = entry
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .plan_id;
-        rows.push(engine.report(&id)?);
-    }
+    let rows = engine.plans();
     if global.json {
-        let summaries: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"plan_id": r.plan_id, "plan_name": r.plan_name, "status": r.status,
-                            "total_shards": r.total_shards, "done_shards": r.done_shards,
-                            "failed_shards": r.failed_shards, "merkle_root": r.merkle_root,
-                            "started_at": r.started_at})
-            })
-            .collect();
-        emit_json(&summaries)?;
+        emit_json(&rows)?;
     } else {
         let mut text = String::new();
-        for r in &rows {
+        for row in &rows {
+            let r = &row.status;
             text.push_str(&format!(
-                "{}  {:<10} {:>9}/{:<9} {}  {}\n",
-                r.plan_id, r.status, r.done_shards, r.total_shards, r.started_at, r.plan_name
+                "{}  {:<14} {:>9}/{:<9} {}  {}\n",
+                r.plan_id, r.status, r.done_shards, r.total_shards, row.started_at, r.plan_name
             ));
         }
         if rows.is_empty() {
@@ -655,7 +627,7 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
         None => None,
     };
     let mut out = String::new();
-    for event in engine.store.durable_events() {
+    for event in engine.durable_events() {
         if topic.is_some_and(|t| event.topic != t) {
             continue;
         }
@@ -699,8 +671,7 @@ fn merge(global: &GlobalArgs, workers: &[PathBuf]) -> Result<u8, CliError> {
 
 fn gc(global: &GlobalArgs) -> Result<u8, CliError> {
     let settings = settings(global)?;
-    let report = crate::log::compact(&settings.db_path, crate::log::LogOptions::default())
-        .map_err(|e| engine::EngineError::Store(e.into()))?;
+    let report = engine::compact_store(&settings)?;
     if global.json {
         emit_json(
             &json!({"records_before": report.records_before, "records_after": report.records_after}),
@@ -714,6 +685,50 @@ fn gc(global: &GlobalArgs) -> Result<u8, CliError> {
         ))?;
     }
     Ok(exit::SUCCESS)
+}
+
+/// `hxo serve`: serves until SIGINT or SIGTERM, then stops running plans
+/// as interrupted (the next start rehydrates them), closes the store and
+/// exits 130 if a plan was interrupted, else 0.
+fn serve(global: &GlobalArgs, bind: String, root: PathBuf) -> Result<u8, CliError> {
+    let engine = open_engine(global)?;
+    signals::install();
+    let service = match Service::start(engine.clone(), ServiceConfig { bind, root }) {
+        Ok(service) => service,
+        Err(error) => {
+            engine.close()?;
+            return Err(error.into());
+        }
+    };
+    if let Some(path) = service.token_file() {
+        tracing::warn!(path = %path.display(), "no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN: using the generated admiral token");
+        eprintln!(
+            "hxo: no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN set: the admiral token is in {} (mode 0600); send it as Authorization: Bearer TOKEN",
+            path.display()
+        );
+    }
+    if !engine.settings.enabled {
+        eprintln!("hxo: HXO_ENABLED=false: /api/hxo routes answer 503 and no plan is rehydrated");
+    } else if service.rehydrating() > 0 {
+        eprintln!("hxo: rehydrating {} plan(s)", service.rehydrating());
+    }
+    eprintln!(
+        "hxo: serving on http://{}/ (dashboard at /, API under /api/hxo/)",
+        service.local_addr()
+    );
+    let end = service.wait(&|| {
+        let stop = signals::signalled();
+        if stop {
+            eprintln!("hxo: shutting down: stopping running plans (resumable)");
+        }
+        stop
+    });
+    engine.close()?;
+    Ok(if end.interrupted_runs > 0 {
+        exit::INTERRUPTED
+    } else {
+        exit::SUCCESS
+    })
 }
 
 fn config(global: &GlobalArgs) -> Result<u8, CliError> {

@@ -3,46 +3,57 @@
 //!
 //! Machine output (`--json`) goes to stdout and is stable; logs and the
 //! progress bar go to stderr (no bar when stderr is not a terminal). Exit
-//! codes are DESIGN section 7's, mapped in [`CliError::exit_code`].
+//! codes are [`exit`]'s, mapped in [`CliError::exit_code`].
 
 mod commands;
 mod progress;
-pub(crate) mod signals;
 
-use crate::engine::EngineError;
+use crate::engine::{CompileError, EngineError};
+use crate::http::ServiceError;
 use crate::plan::PlanError;
 use crate::settings::SettingsError;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Exit codes (DESIGN section 7).
+/// Exit codes. Scripts rely on them; they never change meaning.
 pub mod exit {
+    /// The command did what was asked (a run: every shard done, certified).
     pub const SUCCESS: u8 = 0;
+    /// HXO or its store failed (i/o, a stopped log writer, a bug).
     pub const INTERNAL: u8 = 1;
+    /// The caller asked for something invalid: a flag, a setting, a plan
+    /// that does not compile, an unknown plan, an action that does not
+    /// apply to the plan's state. Nothing was changed.
     pub const USAGE: u8 = 2;
+    /// A run ended with failed (or blocked) shards.
     pub const FAILED_SHARDS: u8 = 3;
+    /// A run was aborted or ran past its timebox.
     pub const ABORTED: u8 = 4;
+    /// The log files do not reproduce a plan's recorded root.
     pub const VERIFY_FAILED: u8 = 5;
+    /// A run was interrupted (SIGINT, SIGTERM); `hxo resume` continues it.
     pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Bad flags, settings or arguments (exit 2).
+    /// Bad flags or arguments.
     #[error("{0}")]
     Usage(String),
-    /// An invalid plan (exit 2). The message says it all: no source, so
-    /// the cause chain does not repeat it.
+    /// A plan file that does not parse. The message says it all (no source,
+    /// so the cause chain does not repeat it).
     #[error("invalid plan: {0}")]
     Plan(PlanError),
     #[error("{0}")]
     Settings(SettingsError),
     #[error(transparent)]
     Engine(EngineError),
-    /// Verification found a mismatch (exit 5).
+    #[error(transparent)]
+    Service(ServiceError),
+    /// Verification found a mismatch.
     #[error("{0}")]
     Verify(String),
-    /// Anything else (exit 1).
+    /// Anything else.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -62,20 +73,68 @@ impl From<SettingsError> for CliError {
 impl From<EngineError> for CliError {
     fn from(error: EngineError) -> Self {
         match error {
-            EngineError::Plan(plan) => CliError::Plan(plan),
+            EngineError::Invalid(CompileError::Plan(plan)) => CliError::Plan(plan),
             other => CliError::Engine(other),
         }
     }
 }
 
+impl From<CompileError> for CliError {
+    fn from(error: CompileError) -> Self {
+        EngineError::Invalid(error).into()
+    }
+}
+
+impl From<ServiceError> for CliError {
+    fn from(error: ServiceError) -> Self {
+        CliError::Service(error)
+    }
+}
+
 impl CliError {
+    /// The exit code, from one exhaustive match: a new error variant does
+    /// not compile until it is given one here.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Plan(_) | CliError::Settings(_) => exit::USAGE,
-            CliError::Engine(error) if error.is_usage() => exit::USAGE,
-            CliError::Engine(_) | CliError::Internal(_) => exit::INTERNAL,
+            CliError::Engine(error) => engine_exit_code(error),
+            CliError::Service(error) => match error {
+                ServiceError::Root(_) | ServiceError::SameTokens | ServiceError::Bind(_) => {
+                    exit::USAGE
+                }
+                ServiceError::TokenFile { .. } | ServiceError::Spawn(_) => exit::INTERNAL,
+            },
             CliError::Verify(_) => exit::VERIFY_FAILED,
+            CliError::Internal(_) => exit::INTERNAL,
         }
+    }
+
+    /// The JSON path of a plan error, for `--json` error objects.
+    pub fn path(&self) -> Option<String> {
+        match self {
+            CliError::Plan(error) => Some(error.path.clone()),
+            CliError::Engine(EngineError::Invalid(error)) => Some(error.path()),
+            _ => None,
+        }
+    }
+}
+
+fn engine_exit_code(error: &EngineError) -> u8 {
+    match error {
+        EngineError::Invalid(_)
+        | EngineError::UnknownPlan(_)
+        | EngineError::UnknownShard { .. }
+        | EngineError::InputsChanged { .. }
+        | EngineError::WrongState { .. }
+        | EngineError::NothingToReplay { .. }
+        | EngineError::NoRoot { .. }
+        | EngineError::Running(_)
+        | EngineError::Merge(_) => exit::USAGE,
+        EngineError::Store(_)
+        | EngineError::AtCapacity { .. }
+        | EngineError::Uncertifiable { .. }
+        | EngineError::Spawn(_)
+        | EngineError::Output(_) => exit::INTERNAL,
     }
 }
 

@@ -6,15 +6,10 @@
 //! million shards); scrapes are rare, status polls never do this.
 
 use super::App;
-use crate::store::SlotState;
-use std::collections::BTreeMap;
+use crate::engine::PlanStatus;
+use crate::report::DURATION_BUCKETS_S;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
-
-/// Histogram bucket bounds, in seconds.
-const BUCKETS_S: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
-];
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -22,66 +17,23 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 pub fn render(app: &App) -> String {
-    let mut plans_by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for status in [
-        "running",
-        "created",
-        "incomplete",
-        "finished",
-        "failed",
-        "aborted",
-    ] {
-        plans_by_status.insert(status, 0);
+    let metrics = app.engine.metrics();
+    let mut plans_by_status = metrics.plans_by_status.clone();
+    for status in PlanStatus::ALL {
+        plans_by_status
+            .entry(status.name().to_string())
+            .or_insert(0);
     }
-    let (mut pending, mut done, mut failed, mut aborted, mut total) = (0u64, 0u64, 0u64, 0, 0);
-    let mut buckets = [0u64; BUCKETS_S.len()];
-    let (mut duration_sum_us, mut duration_count) = (0u128, 0u64);
-    let (mut certified, mut finished_complete, mut rehydrations) = (0u64, 0u64, 0u64);
-    // Taken before any plan's lock, which is never held while taking ours.
-    let active: std::collections::HashSet<_> = app.runs.active_plans().into_iter().collect();
-    for entry in app.engine.store.plans() {
-        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-        let status = if active.contains(&plan.plan_id) {
-            "running"
-        } else if app.runs.is_created(&plan.plan_id) {
-            "created"
-        } else {
-            plan.status()
-        };
-        *plans_by_status.entry(status).or_insert(0) += 1;
-        let counts = plan.counts();
-        total += plan.shard_count();
-        pending += plan.pending_count();
-        done += counts.done;
-        failed += counts.failed;
-        aborted += counts.aborted;
-        rehydrations += u64::from(plan.rehydrations);
-        if plan.truth_certified() {
-            certified += 1;
-        }
-        if status == "finished" {
-            finished_complete += 1;
-        }
-        for slot in &plan.shards {
-            let timed = match slot.state {
-                SlotState::Done => !slot.reused,
-                SlotState::Failed => slot.attempts > 0,
-                SlotState::Pending | SlotState::Aborted => false,
-            };
-            if !timed {
-                continue;
-            }
-            let seconds = slot.duration_us as f64 / 1e6;
-            if let Some(bucket) = BUCKETS_S.iter().position(|&le| seconds <= le) {
-                buckets[bucket] += 1;
-            }
-            duration_sum_us += u128::from(slot.duration_us);
-            duration_count += 1;
-        }
-    }
-    let (claimed, running) = app.engine.live_counts();
-    let claimed = claimed.min(pending);
-    let running = running.min(pending - claimed);
+    let (pending, claimed, running) = (metrics.pending, metrics.claimed, metrics.running);
+    let (done, failed, aborted, total) =
+        (metrics.done, metrics.failed, metrics.aborted, metrics.total);
+    let buckets = metrics.duration_buckets;
+    let (duration_sum_us, duration_count) = (metrics.duration_sum_us, metrics.duration_count);
+    let (certified, finished_complete, rehydrations) = (
+        metrics.certified,
+        metrics.finished_complete,
+        metrics.rehydrations,
+    );
 
     let mut out = String::with_capacity(4096);
     header(&mut out, "hxo_up", "gauge", "1 while the server runs.");
@@ -120,7 +72,7 @@ pub fn render(app: &App) -> String {
         "Execution time of shards with an outcome (reused results excluded).",
     );
     let mut cumulative = 0;
-    for (le, count) in BUCKETS_S.iter().zip(buckets) {
+    for (le, count) in DURATION_BUCKETS_S.iter().zip(buckets) {
         cumulative += count;
         let _ = writeln!(
             out,
@@ -194,7 +146,7 @@ pub fn render(app: &App) -> String {
     let _ = writeln!(
         out,
         "hxo_rehydration_failures_total {}",
-        app.runs.rehydration_failures.load(Ordering::Relaxed)
+        app.rehydration_failures.load(Ordering::Relaxed)
     );
     header(
         &mut out,

@@ -8,14 +8,16 @@
 //! - `routes.rs`: [`ROUTES`] (the table the router matches and
 //!   `openapi.json` describes), the order of checks, one handler per route.
 //! - `auth.rs`: roles, constant-time token checks, the generated token.
-//! - `runs.rs`: plans running in background threads, rehydration on start,
-//!   stopping them on shutdown.
+//! - `rehydrate.rs`: resuming the store's submitted and interrupted plans
+//!   on start, as run slots free up.
 //! - `sse.rs`: the event stream and the event backlog.
 //! - `metrics.rs`: `/metrics`.
 //! - `dashboard.rs` and `dashboard.html`: the page at `/`.
 //!
-//! The service calls the engine for everything about plans; it keeps only
-//! what is about HTTP (tokens, which plans it runs, streams, counters).
+//! The service calls the engine for everything about plans (the engine
+//! owns their lifecycle and their runs); it keeps only what is about HTTP
+//! (tokens, streams, counters). [`Service::start`] and [`Service::wait`]
+//! are all a front-end needs; exit codes and flags are the CLI's.
 //!
 //! Deliberately absent: TLS (bind to loopback, the default, or put a TLS
 //! proxy in front), CORS (the dashboard is served from the same origin),
@@ -24,126 +26,189 @@
 mod auth;
 mod dashboard;
 mod metrics;
+mod rehydrate;
 mod routes;
-mod runs;
 mod server;
 mod sse;
 
 pub use routes::ROUTES;
 
-use crate::cli::{exit, signals, CliError};
 use crate::engine::Engine;
-use crate::settings::Settings;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// How the service is set up.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Address to bind (`127.0.0.1:8000`).
+    pub bind: String,
+    /// Directory that relative config paths of posted plans resolve
+    /// against; partition paths may not escape it.
+    pub root: PathBuf,
+}
+
+/// Why the service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("--root {}: not a directory", .0.display())]
+    Root(PathBuf),
+    #[error("HXO_ADMIRAL_TOKEN and HXO_CAPTAIN_TOKEN are the same: a captain would be an admiral")]
+    SameTokens,
+    #[error("the admiral token file {}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bind(String),
+    #[error("cannot start a service thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// How the service ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEnd {
+    /// Runs that shutdown stopped as interrupted (resumable).
+    pub interrupted_runs: usize,
+}
 
 /// What the request handlers share.
 pub struct App {
     pub engine: Arc<Engine>,
-    runs: Arc<runs::Runs>,
     tokens: auth::Tokens,
     /// Relative config paths of posted plans resolve against this.
     root: PathBuf,
-    /// Set on shutdown: workers and streams end.
+    /// Set on shutdown: workers, streams and the rehydrator end.
     stopping: AtomicBool,
     /// Event streams open now.
     streams: AtomicUsize,
     /// Requests answered, by status class 2xx..5xx.
     requests: [AtomicU64; 4],
-    /// Serialises submit, abort and replay decisions.
-    ops: Mutex<()>,
+    /// Plans this server found but could not resume on start.
+    rehydration_failures: AtomicU64,
 }
 
-/// `hxo serve`: serves until SIGINT or SIGTERM, then stops running plans
-/// as interrupted (resumable: the next start rehydrates them), closes the
-/// engine and exits 130 if a plan was interrupted, else 0.
-pub fn serve_cli(
-    settings: Settings,
-    bind: &str,
-    root: &Path,
-    salvage: bool,
-) -> Result<u8, CliError> {
-    let root = root
-        .canonicalize()
-        .ok()
-        .filter(|r| r.is_dir())
-        .ok_or_else(|| CliError::Usage(format!("--root {}: not a directory", root.display())))?;
-    // Equal tokens would make every captain an admiral.
-    if settings.admiral_token.is_some() && settings.admiral_token == settings.captain_token {
-        return Err(CliError::Usage(
-            "HXO_ADMIRAL_TOKEN and HXO_CAPTAIN_TOKEN are the same: a captain would be an admiral"
-                .into(),
-        ));
-    }
-    let (tokens, token_file) = auth::load(&settings).map_err(|e| {
-        CliError::Internal(anyhow::anyhow!(
-            "the admiral token file {}: {e}",
-            auth::token_path(&settings).display()
-        ))
-    })?;
-    let engine = Engine::open(settings, salvage)?;
-    let server = match server::Server::bind(bind) {
-        Ok(server) => server,
-        Err(message) => {
-            engine.close()?;
-            return Err(CliError::Usage(message));
+/// A running service: the server threads and the rehydrator.
+pub struct Service {
+    app: Arc<App>,
+    address: SocketAddr,
+    token_file: Option<PathBuf>,
+    rehydrating: usize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Binds, starts answering requests and starts resuming the store's
+    /// submitted and interrupted plans (unless `HXO_ENABLED=false`). At
+    /// most `HTTP_RUNS_MAX` plans run at once; a start beyond that is
+    /// refused (503) and rehydration waits for a free slot.
+    pub fn start(engine: Arc<Engine>, config: ServiceConfig) -> Result<Service, ServiceError> {
+        let root = config
+            .root
+            .canonicalize()
+            .ok()
+            .filter(|r| r.is_dir())
+            .ok_or_else(|| ServiceError::Root(config.root.clone()))?;
+        let settings = &engine.settings;
+        if settings.admiral_token.is_some() && settings.admiral_token == settings.captain_token {
+            return Err(ServiceError::SameTokens);
         }
-    };
-    signals::install_handlers();
-    if let Some(path) = token_file {
-        tracing::warn!(path = %path.display(), "no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN: using the generated admiral token");
-        eprintln!(
-            "hxo: no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN set: the admiral token is in {} (mode 0600); send it as Authorization: Bearer TOKEN",
-            path.display()
-        );
-    }
-    // Event pages and SSE replay read per-shard events after the fact.
-    engine.bus.retain_shard_events();
-    let app = Arc::new(App {
-        runs: runs::Runs::new(engine.clone()),
-        engine,
-        tokens,
-        root,
-        stopping: AtomicBool::new(false),
-        streams: AtomicUsize::new(0),
-        requests: Default::default(),
-        ops: Mutex::new(()),
-    });
-    if app.engine.settings.enabled {
-        let resumed = app.runs.rehydrate();
-        if resumed > 0 {
-            eprintln!("hxo: rehydrated {resumed} plan(s)");
-        }
-    } else {
-        eprintln!("hxo: HXO_ENABLED=false: /api/hxo routes answer 503 and no plan is rehydrated");
-    }
-    eprintln!(
-        "hxo: serving on http://{}/ (dashboard at /, API under /api/hxo/)",
-        server.local_addr()
-    );
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            server.serve(crate::limits::HTTP_WORKERS, &app.stopping, &|exchange| {
-                routes::handle(&app, exchange)
-            })
+        let (tokens, token_file) =
+            auth::load(settings).map_err(|source| ServiceError::TokenFile {
+                path: auth::token_path(settings),
+                source,
+            })?;
+        let server = server::Server::bind(&config.bind).map_err(ServiceError::Bind)?;
+        let address = server.local_addr();
+        engine.set_runs_max(crate::limits::HTTP_RUNS_MAX);
+        // Event pages and SSE replay read per-shard events after the fact.
+        engine.bus.retain_shard_events();
+        let app = Arc::new(App {
+            engine,
+            tokens,
+            root,
+            stopping: AtomicBool::new(false),
+            streams: AtomicUsize::new(0),
+            requests: Default::default(),
+            rehydration_failures: AtomicU64::new(0),
         });
-        while !signals::signalled() {
+        let mut threads = Vec::new();
+        let serving = app.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("hxo-http".into())
+                .spawn(move || {
+                    server.serve(
+                        crate::limits::HTTP_WORKERS,
+                        &serving.stopping,
+                        &|exchange| routes::handle(&serving, exchange),
+                    )
+                })
+                .map_err(ServiceError::Spawn)?,
+        );
+        let queue = if app.engine.settings.enabled {
+            app.engine.resumable_plans()
+        } else {
+            Vec::new()
+        };
+        let rehydrating = queue.len();
+        if !queue.is_empty() {
+            let resuming = app.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("hxo-rehydrate".into())
+                    .spawn(move || rehydrate::run(&resuming, queue))
+                    .map_err(ServiceError::Spawn)?,
+            );
+        }
+        Ok(Service {
+            app,
+            address,
+            token_file,
+            rehydrating,
+            threads,
+        })
+    }
+
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Where the generated admiral token is, when no token was set.
+    pub fn token_file(&self) -> Option<&std::path::Path> {
+        self.token_file.as_deref()
+    }
+
+    /// Plans found to resume on start.
+    pub fn rehydrating(&self) -> usize {
+        self.rehydrating
+    }
+
+    /// Serves until `stop` says so (polled every 100 ms), then stops the
+    /// running plans as interrupted (resumable: the next start rehydrates
+    /// them) and waits for them, the server and open streams (at most 2 s).
+    /// The caller closes the engine after.
+    pub fn wait(self, stop: &dyn Fn() -> bool) -> ServiceEnd {
+        while !stop() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("hxo: shutting down: stopping running plans (resumable)");
-        app.stopping.store(true, Ordering::SeqCst);
-    });
-    let interrupted = app.runs.stop_all();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while app.streams.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        self.app.stopping.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        let interrupted_runs = self.app.engine.running_plans().len();
+        self.app.engine.interrupt_all();
+        self.app.engine.wait_runs();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.app.streams.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServiceEnd { interrupted_runs }
     }
-    app.engine.close()?;
-    Ok(if interrupted > 0 {
-        exit::INTERRUPTED
-    } else {
-        exit::SUCCESS
-    })
 }

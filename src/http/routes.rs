@@ -9,12 +9,11 @@
 use super::auth::{Access, Denied, Role};
 use super::server::{BodyError, Exchange, Reply};
 use super::{sse, App};
+use crate::engine::lifecycle::AbortOutcome;
 use crate::engine::EngineError;
 use crate::events;
-use crate::log::PlanId;
+use crate::ids::{plan_id_text, PlanId};
 use crate::plan::{PlanError, PlanSpec};
-use crate::sched::StopReason;
-use crate::store::plan_id_text;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -109,40 +108,53 @@ impl From<PlanError> for ApiError {
 }
 
 impl From<EngineError> for ApiError {
+    /// Every engine error's status, one arm each: a new variant must be
+    /// placed here before it compiles.
     fn from(error: EngineError) -> ApiError {
-        match error {
-            EngineError::Plan(plan) => plan.into(),
+        match &error {
+            EngineError::Invalid(compile) => ApiError {
+                status: 400,
+                message: error.to_string(),
+                path: Some(compile.path()),
+                headers: Vec::new(),
+            },
             EngineError::UnknownPlan(_) | EngineError::UnknownShard { .. } => {
                 ApiError::new(404, error.to_string())
             }
             EngineError::InputsChanged { .. }
-            | EngineError::Merge(_)
             | EngineError::WrongState { .. }
-            | EngineError::Running(_) => ApiError::new(409, error.to_string()),
-            EngineError::Store(_) | EngineError::Uncertifiable { .. } => {
-                tracing::error!("http: {error}");
-                ApiError::new(500, error.to_string())
+            | EngineError::NothingToReplay { .. }
+            | EngineError::NoRoot { .. }
+            | EngineError::Running(_)
+            | EngineError::Merge(_) => ApiError::new(409, error.to_string()),
+            EngineError::AtCapacity { .. } => {
+                ApiError::new(503, error.to_string()).with_header("Retry-After", "1")
+            }
+            EngineError::Store(_)
+            | EngineError::Uncertifiable { .. }
+            | EngineError::Spawn(_)
+            | EngineError::Output(_) => {
+                let message = chain(&error);
+                tracing::error!("http: {message}");
+                ApiError::new(500, message)
             }
         }
     }
 }
 
-type Outcome = Result<Reply, ApiError>;
-
-/// 503 while the server runs as many plans as it may, before anything is
-/// accepted or changed.
-fn busy(app: &App) -> Result<(), ApiError> {
-    if app.runs.is_full() {
-        return Err(ApiError::new(
-            503,
-            format!(
-                "{} plans are running here already; try again when one ends",
-                crate::limits::HTTP_RUNS_MAX
-            ),
-        ));
+/// An error's text with its causes, for an answer that has no room for a
+/// chain.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-    Ok(())
+    text
 }
+
+type Outcome = Result<Reply, ApiError>;
 
 /// The route a path and method match.
 enum Lookup<'a> {
@@ -380,46 +392,18 @@ fn find(app: &App, text: &str) -> Result<PlanId, ApiError> {
     Ok(app.engine.find(text)?)
 }
 
-fn audit(app: &App, actor: &str, action: &str, plan_id: &PlanId) {
-    app.engine.bus.publish(
-        events::AUDIT,
-        json!({"actor": actor, "action": action, "plan_id": plan_id_text(plan_id),
-               "at_ms": events::now_ms(), "via": "http"}),
-    );
-}
-
-/// The status a plan shows over HTTP: the engine's, except that an
-/// incomplete plan not running yet says whether it was only created or is
-/// about to start.
-fn shown_status(app: &App, plan_id: &PlanId, engine_status: &str) -> Option<&'static str> {
-    if engine_status != "incomplete" {
-        return None;
-    }
-    if app.runs.is_created(plan_id) {
-        Some("created")
-    } else if app.runs.is_active(plan_id) {
-        Some("submitted")
-    } else {
-        None
-    }
-}
-
 fn create(app: &Arc<App>, text: &str, actor: &str, start: bool, dry_run: bool) -> Outcome {
     let spec = PlanSpec::from_json(text)?;
     let compiled = app.engine.compile(spec, &app.root)?;
     let name = compiled.plan.name.clone();
     let total = compiled.dag.shard_count();
     let (plan_id, status) = if start {
-        busy(app)?;
-        let plan_id = app.engine.accept(&compiled, actor, dry_run)?;
-        audit(app, actor, "create-and-submit", &plan_id);
-        app.runs.start(plan_id, compiled, "submitted");
+        let ticket = app.engine.start_new(compiled, actor, dry_run)?;
+        let plan_id = *ticket.plan_id();
+        app.engine.spawn(ticket)?;
         (plan_id, "submitted")
     } else {
-        let plan_id = app.engine.accept_created(&compiled, actor, dry_run)?;
-        app.runs.note_created(plan_id);
-        audit(app, actor, "create", &plan_id);
-        (plan_id, "created")
+        (app.engine.create(&compiled, actor, dry_run)?, "created")
     };
     Ok(Reply::json(
         201,
@@ -428,7 +412,8 @@ fn create(app: &Arc<App>, text: &str, actor: &str, start: bool, dry_run: bool) -
     ))
 }
 
-fn submit(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
+/// The plan id of a `{"plan_id": ...}` body.
+fn plan_id_of_body(text: &str) -> Result<String, ApiError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         ApiError::from(PlanError {
             path: "$".into(),
@@ -449,42 +434,22 @@ fn submit(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
         }
         .into());
     }
-    let Some(text) = object.get("plan_id").and_then(Value::as_str) else {
-        return Err(PlanError {
+    match object.get("plan_id").and_then(Value::as_str) {
+        Some(id) => Ok(id.to_string()),
+        None => Err(PlanError {
             path: "plan_id".into(),
             message: "required string is missing".into(),
         }
-        .into());
-    };
-    let plan_id = find(app, text)?;
-    let _serial = app.ops.lock().unwrap_or_else(|e| e.into_inner());
-    if !app.runs.is_created(&plan_id) {
-        let state = if app.runs.is_active(&plan_id) {
-            "running".to_string()
-        } else {
-            app.engine.status(&plan_id)?.status
-        };
-        return Err(ApiError::new(
-            409,
-            format!(
-                "plan {} is {} (already submitted): submit applies to created plans",
-                plan_id_text(&plan_id),
-                if state == "incomplete" {
-                    "submitted"
-                } else {
-                    &state
-                }
-            ),
-        ));
+        .into()),
     }
-    let compiled = app.engine.recompile(&plan_id)?;
-    app.engine.mark_submitted(&plan_id, actor)?;
-    busy(app)?;
-    app.runs.take_created(&plan_id);
-    audit(app, actor, "submit", &plan_id);
-    let name = compiled.plan.name.clone();
-    let total = compiled.dag.shard_count();
-    app.runs.start(plan_id, compiled, "submitted");
+}
+
+fn submit(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
+    let plan_id = find(app, &plan_id_of_body(text)?)?;
+    let ticket = app.engine.submit(&plan_id, actor)?;
+    let name = ticket.compiled().plan.name.clone();
+    let total = ticket.compiled().dag.shard_count();
+    app.engine.spawn(ticket)?;
     Ok(Reply::json(
         200,
         &json!({"plan_id": plan_id_text(&plan_id), "name": name, "status": "submitted",
@@ -494,88 +459,34 @@ fn submit(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
 
 fn status(app: &App, text: &str) -> Outcome {
     let plan_id = find(app, text)?;
-    let mut status = app.engine.status(&plan_id)?;
-    if let Some(shown) = shown_status(app, &plan_id, &status.status) {
-        status.status = shown.into();
-    }
-    Ok(Reply::json(200, &json!(status)))
+    Ok(Reply::json(200, &json!(app.engine.status(&plan_id)?)))
 }
 
 fn report(app: &App, text: &str) -> Outcome {
     let plan_id = find(app, text)?;
-    let mut report = app.engine.report(&plan_id)?;
-    if let Some(shown) = shown_status(app, &plan_id, &report.status) {
-        report.status = shown.into();
-    }
-    Ok(Reply::json(200, &json!(report)))
+    Ok(Reply::json(200, &json!(app.engine.report(&plan_id)?)))
 }
 
 fn plans(app: &App) -> Outcome {
-    let mut rows = Vec::new();
-    for entry in app.engine.store.plans() {
-        let (plan_id, started_at) = {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            (plan.plan_id, crate::report::rfc3339(plan.accepted_at_ms))
-        };
-        let mut status = app.engine.status(&plan_id)?;
-        if let Some(shown) = shown_status(app, &plan_id, &status.status) {
-            status.status = shown.into();
-        }
-        let mut row = json!(status);
-        row["started_at"] = Value::String(started_at);
-        rows.push(row);
-    }
-    Ok(Reply::json(200, &json!({ "plans": rows })))
+    Ok(Reply::json(200, &json!({ "plans": app.engine.plans() })))
 }
 
 fn abort(app: &App, text: &str, actor: &str) -> Outcome {
     let plan_id = find(app, text)?;
-    let serial = app.ops.lock().unwrap_or_else(|e| e.into_inner());
-    let body = json!({"plan_id": plan_id_text(&plan_id), "status": "aborted"});
-    if let Some(control) = app.runs.control(&plan_id) {
-        // Running here: stop its control (the engine records the abort when
-        // the run ends), and wait for that so the answer is the truth.
-        audit(app, actor, "abort", &plan_id);
-        control.stop(StopReason::Aborted {
-            actor: actor.to_string(),
-        });
-        drop(serial);
-        if !app.runs.wait(&plan_id, ABORT_WAIT) {
-            return Ok(Reply::json(
-                202,
-                &json!({"plan_id": plan_id_text(&plan_id), "status": "aborting"}),
-            ));
-        }
-        return Ok(Reply::json(200, &body));
-    }
-    // Not running: the engine marks pending shards aborted (and publishes
-    // the audit event itself).
-    app.engine.abort(&plan_id, actor)?;
-    app.runs.take_created(&plan_id);
-    Ok(Reply::json(200, &body))
+    let text = plan_id_text(&plan_id);
+    Ok(match app.engine.abort(&plan_id, actor, ABORT_WAIT)? {
+        AbortOutcome::Aborted => Reply::json(200, &json!({"plan_id": text, "status": "aborted"})),
+        AbortOutcome::Stopping => Reply::json(202, &json!({"plan_id": text, "status": "aborting"})),
+    })
 }
 
 fn replay(app: &Arc<App>, text: &str, actor: &str) -> Outcome {
     let plan_id = find(app, text)?;
-    let _serial = app.ops.lock().unwrap_or_else(|e| e.into_inner());
-    let text = plan_id_text(&plan_id);
-    if app.runs.is_active(&plan_id) {
-        return Err(ApiError::new(409, format!("plan {text} is running")));
-    }
-    if app.runs.is_created(&plan_id) {
-        return Err(ApiError::new(
-            409,
-            format!("plan {text} was never submitted: submit it instead"),
-        ));
-    }
-    busy(app)?;
-    let compiled = app.engine.recompile(&plan_id)?;
-    // Publishes the audit event itself.
-    let shards = app.engine.prepare_replay(&plan_id, &compiled, actor)?;
-    app.runs.start(plan_id, compiled, "replay");
+    let (ticket, shards) = app.engine.replay(&plan_id, actor)?;
+    app.engine.spawn(ticket)?;
     Ok(Reply::json(
         200,
-        &json!({"plan_id": text, "status": "replaying", "replay_shards": shards}),
+        &json!({"plan_id": plan_id_text(&plan_id), "status": "replaying", "replay_shards": shards}),
     ))
 }
 

@@ -187,8 +187,11 @@ impl Server {
             .map_err(|e| format!("cannot listen on {address}: {e}"))
     }
 
-    pub fn local_addr(&self) -> String {
-        self.inner.server_addr().to_string()
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.inner
+            .server_addr()
+            .to_ip()
+            .expect("the server listens on an IP address")
     }
 
     /// Serves requests on `workers` threads until `stop` is set. A panic in

@@ -51,7 +51,7 @@ impl Filter {
 /// ones from the store and recent ones from the ring, without duplicates.
 pub fn backlog(app: &App, since: u64, filter: &Filter, limit: usize) -> Vec<Event> {
     let mut merged: BTreeMap<u64, Event> = BTreeMap::new();
-    for event in app.engine.store.durable_events() {
+    for event in app.engine.durable_events() {
         if event.seq > since && filter.wants(&event) {
             merged.insert(event.seq, event);
         }
@@ -140,8 +140,8 @@ pub fn run(app: Arc<App>, mut stream: Chunked, filter: Filter) {
         if filter.progress && last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
             let plans: Vec<serde_json::Value> = app
-                .runs
-                .active_plans()
+                .engine
+                .running_plans()
                 .iter()
                 .filter_map(|id| app.engine.status(id).ok())
                 .filter_map(|s| serde_json::to_value(s).ok())

@@ -182,8 +182,7 @@ use super::limits::{
 };
 use crate::hash::Hash;
 
-/// A plan's id: the bytes of its UUID.
-pub type PlanId = [u8; 16];
+pub use crate::ids::PlanId;
 
 /// First 8 bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"HXOLOG\0\x01";
@@ -328,6 +327,47 @@ pub enum Record {
         topic: String,
         payload_json: String,
     },
+    PlanHeld {
+        plan_id: PlanId,
+        at_ms: u64,
+    },
+    PlanSubmitted {
+        plan_id: PlanId,
+        at_ms: u64,
+        actor: String,
+    },
+    PlanRunStarted {
+        plan_id: PlanId,
+        at_ms: u64,
+        cause: RunCause,
+    },
+    PlanCertified {
+        plan_id: PlanId,
+        at_ms: u64,
+        tree_size: u64,
+        root: Hash,
+        certified: bool,
+        proofs_checked: u32,
+    },
+}
+
+/// Why a run of a plan started (`PlanRunStarted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunCause {
+    Start = 0,
+    Resume = 1,
+    Replay = 2,
+}
+
+impl RunCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunCause::Start => "start",
+            RunCause::Resume => "resume",
+            RunCause::Replay => "replay",
+        }
+    }
 }
 
 /// The `type` byte of a frame. Codes are persisted: never reuse one.
@@ -343,6 +383,10 @@ pub enum RecordType {
     PlanReplayed = 7,
     PlanFinished = 8,
     Event = 9,
+    PlanHeld = 10,
+    PlanSubmitted = 11,
+    PlanRunStarted = 12,
+    PlanCertified = 13,
 }
 
 impl RecordType {
@@ -357,6 +401,10 @@ impl RecordType {
             7 => RecordType::PlanReplayed,
             8 => RecordType::PlanFinished,
             9 => RecordType::Event,
+            10 => RecordType::PlanHeld,
+            11 => RecordType::PlanSubmitted,
+            12 => RecordType::PlanRunStarted,
+            13 => RecordType::PlanCertified,
             _ => return None,
         })
     }
@@ -405,6 +453,10 @@ impl Record {
             Record::PlanReplayed { .. } => RecordType::PlanReplayed,
             Record::PlanFinished { .. } => RecordType::PlanFinished,
             Record::Event { .. } => RecordType::Event,
+            Record::PlanHeld { .. } => RecordType::PlanHeld,
+            Record::PlanSubmitted { .. } => RecordType::PlanSubmitted,
+            Record::PlanRunStarted { .. } => RecordType::PlanRunStarted,
+            Record::PlanCertified { .. } => RecordType::PlanCertified,
         }
     }
 
@@ -452,6 +504,12 @@ impl Record {
                     + s("topic", topic, TOPIC_LEN_MAX)?
                     + s("payload_json", payload_json, EVENT_PAYLOAD_LEN_MAX)?
             }
+            Record::PlanHeld { .. } => PLAN_ID_SIZE + 8,
+            Record::PlanSubmitted { actor, .. } => {
+                PLAN_ID_SIZE + 8 + s("actor", actor, ACTOR_LEN_MAX)?
+            }
+            Record::PlanRunStarted { .. } => PLAN_ID_SIZE + 8 + 1,
+            Record::PlanCertified { .. } => PLAN_ID_SIZE + 8 + 8 + HASH_SIZE + 1 + 4,
         })
     }
 
@@ -588,6 +646,43 @@ impl Record {
                 e.str(topic);
                 e.str(payload_json);
             }
+            Record::PlanHeld { plan_id, at_ms } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+            }
+            Record::PlanSubmitted {
+                plan_id,
+                at_ms,
+                actor,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.str(actor);
+            }
+            Record::PlanRunStarted {
+                plan_id,
+                at_ms,
+                cause,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.u8(*cause as u8);
+            }
+            Record::PlanCertified {
+                plan_id,
+                at_ms,
+                tree_size,
+                root,
+                certified,
+                proofs_checked,
+            } => {
+                e.bytes(plan_id);
+                e.u64(*at_ms);
+                e.u64(*tree_size);
+                e.bytes(root);
+                e.u8(u8::from(*certified));
+                e.u32(*proofs_checked);
+            }
         }
     }
 
@@ -654,6 +749,38 @@ impl Record {
                 at_ms: d.u64("at_ms")?,
                 topic: d.str("topic", TOPIC_LEN_MAX)?,
                 payload_json: d.str("payload_json", EVENT_PAYLOAD_LEN_MAX)?,
+            },
+            RecordType::PlanHeld => Record::PlanHeld {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+            },
+            RecordType::PlanSubmitted => Record::PlanSubmitted {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                actor: d.str("actor", ACTOR_LEN_MAX)?,
+            },
+            RecordType::PlanRunStarted => Record::PlanRunStarted {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                cause: match d.u8("cause")? {
+                    0 => RunCause::Start,
+                    1 => RunCause::Resume,
+                    2 => RunCause::Replay,
+                    value => {
+                        return Err(DecodeError::NotBool {
+                            field: "cause",
+                            value,
+                        })
+                    }
+                },
+            },
+            RecordType::PlanCertified => Record::PlanCertified {
+                plan_id: d.array("plan_id")?,
+                at_ms: d.u64("at_ms")?,
+                tree_size: d.u64("tree_size")?,
+                root: d.array("root")?,
+                certified: d.bool("certified")?,
+                proofs_checked: d.u32("proofs_checked")?,
             },
         };
         if !d.rest.is_empty() {
@@ -1426,8 +1553,8 @@ pub(crate) mod tests {
             Err(DecodeError::UnknownType { code: 0 })
         );
         assert_eq!(
-            Record::decode(10, &payload),
-            Err(DecodeError::UnknownType { code: 10 })
+            Record::decode(99, &payload),
+            Err(DecodeError::UnknownType { code: 99 })
         );
         let mut trailing = payload.clone();
         trailing.push(0);

@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::compact::{compact, CompactReport};
-pub use self::format::{PlanId, Record};
+pub use self::format::{PlanId, Record, RunCause};
 pub use self::lock::StoreLock;
 pub use self::read_only::{read_only_scan, read_only_scan_frames};
 pub use self::segment::TailCheck;

@@ -3,7 +3,7 @@
 //!
 //! # What this module owns
 //!
-//! - The tree hash that certifies a run (DESIGN §3): the empty tree hashes to
+//! - The tree hash that certifies a run: the empty tree hashes to
 //!   [`EMPTY_ROOT`] (SHA-256 of nothing), a leaf to SHA-256(0x00 || data)
 //!   ([`leaf_hash`], [`shard_leaf_hash`]), an interior node to
 //!   SHA-256(0x01 || left || right) ([`node_hash`]). A run's leaf data is
@@ -50,7 +50,7 @@
 //! are not splits and add nothing. That is exactly the audit path read off
 //! the stored levels. The unit tests check both claims against a literal
 //! recursive transcription of RFC 6962 §2.1 for every size up to 300 and a
-//! few large ones, and `tests/ct_merkle.rs` checks them byte for byte
+//! few large ones, and `tests/it/merkle.rs` checks them byte for byte
 //! against the `ct-merkle` crate.
 //!
 //! # Why level-parallel

@@ -22,8 +22,8 @@ pub struct Manifest {
     pub dag_digest: String,
     pub submitted_by: String,
     pub dry_run: bool,
-    /// Set when this store runs one worker's slice of the plan (DESIGN
-    /// section 10): the other shards belong to other workers' logs.
+    /// Set when this store runs one worker's slice of the plan (README,
+    /// "Beyond one machine"): the other shards belong to other workers' logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSlice>,
 }

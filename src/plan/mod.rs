@@ -2,7 +2,7 @@
 //!
 //! This module is pure: it reads no files and no environment. Validation
 //! fills every optional field from the kind's blueprint and rejects, with the
-//! JSON path of the offending value, everything DESIGN section 1 lists:
+//! JSON path of the offending value, everything the README's plan section rules out:
 //! unknown kinds, partitioners, executors and schedulers, a partitioner or
 //! executor the kind does not allow, duplicate stage ids, unknown or cyclic
 //! dependencies, non-positive SLOs and limits, and config keys that neither

@@ -204,7 +204,7 @@ impl Server {
         self.wait_status(plan_id, "the run to end", |s| {
             !matches!(
                 s["status"].as_str(),
-                Some("running" | "submitted" | "incomplete")
+                Some("running" | "submitted" | "interrupted")
             )
         })
     }
@@ -976,5 +976,136 @@ fn shutdown_interrupts_and_restart_rehydrates_submitted_plans_only() {
     assert_eq!(finished["status"], "finished");
     // Nothing runs now: a clean shutdown exits 0.
     let (_, code) = second.terminate();
+    assert_eq!(code, 0);
+}
+
+/// A finished, certified plan is settled: a replay has nothing to replay
+/// and an abort nothing to abort. Both answer 409 and change nothing, 20
+/// times over, and every root still verifies from the log afterwards.
+#[test]
+fn a_finished_plan_refuses_replay_and_abort_and_keeps_its_root() {
+    let env = [("HXO_ADMIRAL_TOKEN", ADMIRAL), ("HXO_THREADS", "2")];
+    let server = Server::start(&env);
+    let mut finished = Vec::new();
+    for round in 0..20 {
+        let plan_id = submit(
+            &server,
+            &synthetic(&format!("settled{round}"), 6, json!({})),
+        );
+        let done = server.wait_status(&plan_id, "finished and certified", |s| {
+            s["status"] == "finished" && s["truth_certified"] == true
+        });
+        let root = done["merkle_root"].as_str().unwrap().to_string();
+        let replay = server
+            .post(&format!("/api/hxo/replay/{plan_id}"), "")
+            .expect(409)
+            .json();
+        assert!(
+            replay["error"].as_str().unwrap().contains("is finished"),
+            "{replay}"
+        );
+        let abort = server
+            .post(&format!("/api/hxo/abort/{plan_id}"), "")
+            .expect(409)
+            .json();
+        assert!(
+            abort["error"]
+                .as_str()
+                .unwrap()
+                .contains("abort does not apply"),
+            "{abort}"
+        );
+        let after = server.status(&plan_id);
+        assert_eq!(after["status"], "finished", "round {round}: {after}");
+        assert_eq!(after["truth_certified"], true, "round {round}: {after}");
+        assert_eq!(after["merkle_root"], root.as_str(), "round {round}");
+        finished.push(plan_id);
+    }
+    let (sandbox, code) = server.terminate();
+    assert_eq!(code, 0);
+    for plan_id in finished {
+        let verify = sandbox.run(&["verify", &plan_id]);
+        assert_code(&verify, 0);
+        let status = json(&sandbox.run(&["status", "--json", &plan_id]));
+        assert_eq!(status["status"], "finished");
+    }
+}
+
+/// 320 `create-and-submit` calls from 8 clients against a limit of 16
+/// runs: every 201 is a plan that was accepted and started, every other
+/// answer is a 503 that accepted nothing, and after a restart in the middle
+/// every acknowledged plan runs to its end.
+#[test]
+fn concurrent_submits_past_the_run_limit_get_503_and_every_201_runs() {
+    let env = [("HXO_ADMIRAL_TOKEN", ADMIRAL), ("HXO_THREADS", "1")];
+    let server = Server::start(&env);
+    let plan = synthetic("crowd", 2, json!({"sleep_ms": 150}));
+    let (accepted, refused) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut accepted, mut refused) = (Vec::new(), 0);
+                    for _ in 0..40 {
+                        let response = server.post("/api/hxo/create-and-submit", &plan);
+                        match response.status {
+                            201 => {
+                                let body = response.json();
+                                assert_eq!(body["status"], "submitted");
+                                accepted.push(body["plan_id"].as_str().unwrap().to_string());
+                            }
+                            503 => {
+                                let body = response.json();
+                                assert!(
+                                    body["error"]
+                                        .as_str()
+                                        .unwrap()
+                                        .contains("running here already"),
+                                    "{body}"
+                                );
+                                assert!(response.header("Retry-After").is_some());
+                                refused += 1;
+                            }
+                            other => panic!("unexpected {other}: {}", response.body),
+                        }
+                    }
+                    (accepted, refused)
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .fold((Vec::new(), 0), |(mut all, refused), client| {
+                let (accepted, more) = client.join().unwrap();
+                all.extend(accepted);
+                (all, refused + more)
+            })
+    });
+    assert_eq!(accepted.len() + refused, 320);
+    assert!(accepted.len() >= 16, "{} accepted", accepted.len());
+    assert!(refused > 0, "the limit of 16 was never reached");
+    // Nothing refused was accepted: the store holds exactly the 201s.
+    let listed = server.get("/api/hxo/plans").json()["plans"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(listed, accepted.len());
+    // Every acknowledged plan is running or done now, none waits unstarted.
+    for plan_id in &accepted {
+        let status = server.status(plan_id);
+        assert!(
+            matches!(status["status"].as_str(), Some("running" | "finished")),
+            "{status}"
+        );
+    }
+    let (sandbox, _) = server.terminate();
+    let restarted = Server::start_in(sandbox, &env);
+    for plan_id in &accepted {
+        let done = restarted.wait_status(plan_id, "every acknowledged plan to finish", |s| {
+            s["status"] == "finished"
+        });
+        assert_eq!(done["done_shards"], 2);
+        assert_eq!(done["truth_certified"], true);
+    }
+    let (_, code) = restarted.terminate();
     assert_eq!(code, 0);
 }
