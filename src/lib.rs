@@ -13,7 +13,7 @@
 //! - [`dag`]: a plan plus partitions compiled into an arena of shards with
 //!   cas_ids, barrier and pipelined joins.
 //! - [`merkle`]: RFC 6962 tree hash, inclusion proofs, tree-aligned splits.
-//! - [`events`], [`report`], [`settings`], [`limits`], [`hash`].
+//! - [`events`], [`report`], [`settings`], [`limits`], [`hash`], [`ids`].
 //!
 //! The edges, which do:
 //! - [`partition`]: the partitioners, reading directories and databases.
@@ -23,9 +23,13 @@
 //! - [`log`]: the checkpoint log; its byte layout is documented in
 //!   `log/format.rs`.
 //! - [`store`]: the index of what the log says, fed only by durable batches.
-//! - [`engine`]: the one module that wires everything together.
+//! - [`engine`]: the one module that wires everything together, one
+//!   operation per file: compile, run, certify, the plan lifecycle
+//!   (`engine/lifecycle.rs`: states, transitions, verbs), merge.
 //! - [`demo`]: the embedded fixture project behind `hxo run`.
-//! - [`cli`], [`http`]: the front-ends.
+//! - [`signals`]: SIGINT and SIGTERM, for whichever front-end runs.
+//! - [`cli`], [`http`]: the front-ends, peers that call only the engine
+//!   (never the log, the store or the scheduler).
 //! - [`alloc`]: the binary's allocator (a huge-page hint on large
 //!   allocations).
 //!

@@ -7,7 +7,7 @@
 //! reread is here, not in the store: the store is the log and its index,
 //! and knows nothing of trees.
 
-use super::lifecycle::{FinishFacts, PlanStatus};
+use super::lifecycle::{CertifiedFacts, FinishFacts, PlanStatus};
 use super::{Engine, EngineError};
 use crate::events;
 use crate::hash::{to_hex, Hash};
@@ -141,7 +141,10 @@ impl Engine {
                 tree_size,
                 done,
                 failed,
-                certification,
+                certified: certification.map(|c| CertifiedFacts {
+                    certified: c.certified,
+                    proofs_checked: c.proofs_checked as u32,
+                }),
             },
         )?;
         self.bus.publish(

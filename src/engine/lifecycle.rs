@@ -318,14 +318,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let at_ms = events::now_ms();
         let mut records = Vec::with_capacity(2);
-        if let Some(certification) = &end.certification {
+        if let Some(certified) = &end.certified {
             records.push(Record::PlanCertified {
                 plan_id: *plan_id,
                 at_ms,
                 tree_size: end.tree_size,
                 root: end.root,
-                certified: certification.certified,
-                proofs_checked: certification.proofs_checked as u32,
+                certified: certified.certified,
+                proofs_checked: certified.proofs_checked,
             });
         }
         records.push(Record::PlanFinished {
@@ -562,7 +562,15 @@ pub(super) struct FinishFacts {
     pub tree_size: u64,
     pub done: u64,
     pub failed: u64,
-    pub certification: Option<super::certify::Certification>,
+    /// What certification found; `None` for a partial root, which is
+    /// never certified.
+    pub certified: Option<CertifiedFacts>,
+}
+
+/// What a certification of a complete plan found.
+pub(super) struct CertifiedFacts {
+    pub certified: bool,
+    pub proofs_checked: u32,
 }
 
 #[cfg(test)]
