@@ -464,3 +464,6 @@ fn publish_shard_events(bus: &Bus, group: &[Vec<Record>]) {
     }
     bus.publish_shards(events);
 }
+
+#[cfg(test)]
+mod tests;
