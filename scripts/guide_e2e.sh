@@ -90,7 +90,7 @@ check() {
 wait_ended() {
   for _ in $(seq 300); do
     curl -s -o "$BODY" -H "Authorization: Bearer $TOKEN" "$BASE/api/hxo/status/$1"
-    case $(field status) in running|submitted|incomplete) sleep 0.1 ;; *) return 0 ;; esac
+    case $(field status) in running|submitted|interrupted) sleep 0.1 ;; *) return 0 ;; esac
   done
 }
 
