@@ -31,7 +31,7 @@ use crate::ids::{plan_id_text, PlanId};
 use crate::log::Record;
 use crate::report::{self, Live, Report};
 use crate::settings::Settings;
-use crate::store::{PlanEntry, SlotState, Store, StoreError};
+use crate::store::{PlanEntry, PlanRecord, SlotState, Store, StoreError};
 use run::RunningPlan;
 use serde_json::json;
 use std::collections::HashMap;
@@ -264,43 +264,52 @@ impl Engine {
         running.keys().copied().collect()
     }
 
+    /// Calls `view` with a plan's record (locked), what its live run here
+    /// knows, and its lifecycle status.
+    fn view_plan<T>(
+        &self,
+        entry: &PlanEntry,
+        view: impl FnOnce(&PlanRecord, Live, PlanStatus) -> T,
+    ) -> T {
+        let plan_id = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan_id;
+        // Taken before the plan's lock: `live` reads the plan's counts too.
+        let live = self.live(&plan_id);
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        let status = lifecycle::status_of(&plan, live.running_now);
+        view(&plan, live, status)
+    }
+
     /// The plan's report (live counts if it runs in this process).
     pub fn report(&self, plan_id: &PlanId) -> Result<Report, EngineError> {
         let entry = self.entry(plan_id)?;
-        let live = self.live(plan_id);
-        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-        let status = lifecycle::status_of(&plan, live.running_now);
-        Ok(report::build(&plan, live, status.name()))
+        Ok(self.view_plan(&entry, |plan, live, status| {
+            report::build(plan, live, status.name())
+        }))
     }
 
     /// The guide's status fields only: constant time in the plan's size
     /// (no per-shard pass), for pollers (`GET /api/hxo/status`).
     pub fn status(&self, plan_id: &PlanId) -> Result<report::Status, EngineError> {
         let entry = self.entry(plan_id)?;
-        let live = self.live(plan_id);
-        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-        let status = lifecycle::status_of(&plan, live.running_now);
-        Ok(report::status(&plan, live, status.name()))
+        Ok(self.view_plan(&entry, |plan, live, status| {
+            report::status(plan, live, status.name())
+        }))
     }
 
     /// Every plan's status line, in acceptance order.
     pub fn plans(&self) -> Vec<PlanSummary> {
-        self.store
-            .plans()
+        let plans = self.store.plans();
+        plans
             .iter()
             .map(|entry| {
-                let plan_id = entry
-                    .record
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .plan_id;
-                let live = self.live(&plan_id);
-                let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-                let status = lifecycle::status_of(&plan, live.running_now);
-                PlanSummary {
-                    status: report::status(&plan, live, status.name()),
+                self.view_plan(entry, |plan, live, status| PlanSummary {
+                    status: report::status(plan, live, status.name()),
                     started_at: report::rfc3339(plan.accepted_at_ms),
-                }
+                })
             })
             .collect()
     }
@@ -309,14 +318,7 @@ impl Engine {
     pub fn metrics(&self) -> report::Metrics {
         let mut metrics = report::Metrics::default();
         for entry in self.store.plans() {
-            let plan_id = entry
-                .record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .plan_id;
-            let running = self.is_running(&plan_id);
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            metrics.add(&plan, lifecycle::status_of(&plan, running).name());
+            self.view_plan(&entry, |plan, _, status| metrics.add(plan, status.name()));
         }
         let (claimed, running) = self.live_counts();
         metrics.set_live(claimed, running);
