@@ -25,8 +25,9 @@ pub const LOG_QUEUE_BATCHES_MAX: usize = 128;
 /// Plans the server runs at once (each has its own thread pools).
 pub const HTTP_RUNS_MAX: usize = 16;
 
-/// Records the log writer appends before one group commit.
-pub const COMMIT_RECORDS_MAX: usize = 65_536;
+/// Records the log writer appends before one group commit: a bound of the
+/// log layer, defined there once.
+pub use crate::log::limits::COMMIT_RECORDS_MAX;
 
 /// Shards handed to one pool job when many become ready at once.
 pub const READY_CHUNK_MAX: usize = 1024;
@@ -55,6 +56,9 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
 const _: () = assert!(OUTCOME_BATCH_MAX <= COMMIT_RECORDS_MAX);
 const _: () = assert!(READY_CHUNK_MAX as u64 <= SHARDS_MAX_CEILING);
 const _: () = assert!(ERROR_TEXT_BYTES_MAX < PLAN_BYTES_MAX as usize);
+// The error text an executor keeps fits the `error` field of a
+// `ShardFailed` record, so the log never refuses a failure for its text.
+const _: () = assert!(ERROR_TEXT_BYTES_MAX as u64 <= crate::log::limits::ERROR_LEN_MAX as u64);
 const _: () = assert!(CERTIFY_SAMPLE_PROOFS > 0);
 
 /// Threads answering HTTP requests at once; more requests wait in a queue.

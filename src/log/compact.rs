@@ -8,6 +8,12 @@
 //! is preserved. The engine's view after replaying the compacted log is the
 //! same as before.
 //!
+//! The new store is written in this build's format version. Compaction
+//! reads the old one through [`Log::for_each_record`], so a version-1
+//! store's lifecycle events come with the typed records they stand for
+//! (see [`super::upgrade`]); both are written, and the compacted store
+//! keeps its lifecycle facts as typed records as well as its events.
+//!
 //! # Crash safety
 //!
 //! Every segment header carries the store's generation; the new store gets
@@ -36,7 +42,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::format::{PlanId, Record, SegmentHeader, HEADER_SIZE};
+use super::format::{PlanId, Record, SegmentHeader, HEADER_LEN};
 use super::limits::COMPACT_COMMIT_RECORDS_MAX;
 use super::lock::StoreLock;
 use super::storage::{segment_file_name, sync_dir_path, FsStorage};
@@ -331,7 +337,7 @@ fn read_header(dir: &Path, index: u64) -> Result<Option<SegmentHeader>, LogError
         .metadata()
         .map_err(|e| io_err(dir, "reading segment metadata", e))?
         .len();
-    let mut bytes = vec![0u8; HEADER_SIZE];
+    let mut bytes = vec![0u8; HEADER_LEN];
     if file.read_exact(&mut bytes).is_err() {
         return Ok(None);
     }

@@ -4,8 +4,30 @@
 //! This module owns the bytes. It encodes and decodes; it does no I/O. The
 //! recovery scan that applies the rules below lives in [`super::segment`].
 //! Change nothing here without bumping [`FORMAT_VERSION`] and keeping a
-//! reader for every older version (the `tests/golden/v1` store must recover
-//! forever).
+//! reader for every older version (the `fixtures/logs/v1` and
+//! `fixtures/logs/v2` stores must recover forever).
+//!
+//! # Versions
+//!
+//! Every segment header names the version its segment was written in. This
+//! build writes [`FORMAT_VERSION`] and reads every version from
+//! [`FORMAT_VERSION_OLDEST_READ`] up to it; any other version is refused
+//! (never skipped, even when salvaging). Headers and frames are the same in
+//! every version; versions differ in the record types they may hold:
+//!
+//! - **1**: types 1 to 9. Plan lifecycle facts (a plan held, submitted,
+//!   started, resumed, certified) are `Event` records whose JSON carries
+//!   them; [`super::upgrade`] reads them as the typed records of version 2.
+//! - **2**: adds the typed lifecycle records, types 10 to 13, in which a
+//!   version-2 writer logs those facts. `Event`s it logs beside them are
+//!   for subscribers and are read as they are.
+//!
+//! A record type newer than its segment's version is corruption (no writer
+//! of that version produced it). A store may hold segments of several
+//! versions: one written by an older build and then appended to by this one
+//! keeps its old segments as they are, and appends go to a new segment of
+//! this build's version (never a record of a newer type into an older
+//! segment). Compaction rewrites everything in this build's version.
 //!
 //! # Store
 //!
@@ -34,15 +56,15 @@
 //! | offset | size | field                                                  |
 //! |-------:|-----:|--------------------------------------------------------|
 //! | 0      | 8    | magic `b"HXOLOG\0\x01"` ([`MAGIC`])                      |
-//! | 8      | 4    | format version, u32 ([`FORMAT_VERSION`])               |
-//! | 12     | 4    | header length in bytes, u32 ([`HEADER_SIZE`])          |
+//! | 8      | 4    | format version, u32 (see *Versions*)                   |
+//! | 12     | 4    | header length in bytes, u32 ([`HEADER_LEN`])           |
 //! | 16     | 8    | segment index, u64 (equals the file name)              |
 //! | 24     | 8    | segment size in bytes, u64 (equals the file length)    |
 //! | 32     | 8    | store generation, u64 (bumped by each compaction)      |
 //! | 40     | 4    | CRC-32C of bytes 0..40                                 |
 //! | 44     | 20   | zero                                                   |
 //!
-//! Records start at [`HEADER_SIZE`] (64). The segment size is per segment
+//! Records start at [`HEADER_LEN`] (64). The segment size is per segment
 //! (taken from the options when the segment is created), so a store written
 //! with one size stays readable under another.
 //!
@@ -80,30 +102,38 @@
 //!
 //! Fixed-width little-endian integers; `plan_id` 16 bytes (UUID), hashes 32
 //! bytes; strings are a u32 byte length then UTF-8 bytes, each bounded by a
-//! constant of [`super::limits`]; `bool` is one byte, 0 or 1. Fields in the
-//! order of the [`Record`] variant. `ShardDone`, written once per shard, is a
-//! fixed 100 bytes (114 with framing):
+//! constant of [`super::limits`]; `bool` is one byte, 0 or 1; a
+//! [`RunCause`] is one byte, 0 (start), 1 (resume) or 2 (replay). Fields in
+//! the order of the [`Record`] variant. `ShardDone`, written once per
+//! shard, is a fixed 100 bytes (114 with framing):
 //!
-//! | type | record          | payload                                                                              |
-//! |-----:|-----------------|--------------------------------------------------------------------------------------|
-//! | 1    | `PlanAccepted`  | plan_id, accepted_at_ms u64, shard_count u64, manifest_json str                      |
-//! | 2    | `ShardDone`     | plan_id, leaf_index u64, cas_id, output_digest, attempts u32, duration_us u64        |
-//! | 3    | `ShardFailed`   | plan_id, leaf_index u64, cas_id, attempts u32, duration_us u64, aborted bool, error str |
-//! | 4    | `ShardSplit`    | plan_id, leaf_index u64, pieces u32                                                  |
-//! | 5    | `SubShardDone`  | plan_id, leaf_index u64, piece u32, output_digest                                    |
-//! | 6    | `PlanAborted`   | plan_id, at_ms u64, actor str, reason str                                            |
-//! | 7    | `PlanReplayed`  | plan_id, at_ms u64, actor str                                                        |
-//! | 8    | `PlanFinished`  | plan_id, at_ms u64, tree_size u64, root, done_count u64, failed_count u64            |
-//! | 9    | `Event`         | seq u64, at_ms u64, topic str, payload_json str                                      |
+//! | type | record           | payload                                                                                 |
+//! |-----:|------------------|-----------------------------------------------------------------------------------------|
+//! | 1    | `PlanAccepted`   | plan_id, accepted_at_ms u64, shard_count u64, manifest_json str                         |
+//! | 2    | `ShardDone`      | plan_id, leaf_index u64, cas_id, output_digest, attempts u32, duration_us u64           |
+//! | 3    | `ShardFailed`    | plan_id, leaf_index u64, cas_id, attempts u32, duration_us u64, aborted bool, error str |
+//! | 4    | `ShardSplit`     | plan_id, leaf_index u64, pieces u32                                                     |
+//! | 5    | `SubShardDone`   | plan_id, leaf_index u64, piece u32, output_digest                                       |
+//! | 6    | `PlanAborted`    | plan_id, at_ms u64, actor str, reason str                                               |
+//! | 7    | `PlanReplayed`   | plan_id, at_ms u64, actor str                                                           |
+//! | 8    | `PlanFinished`   | plan_id, at_ms u64, tree_size u64, root, done_count u64, failed_count u64               |
+//! | 9    | `Event`          | seq u64, at_ms u64, topic str, payload_json str                                         |
+//! | 10   | `PlanHeld`       | plan_id, at_ms u64                                                                      |
+//! | 11   | `PlanSubmitted`  | plan_id, at_ms u64, actor str                                                           |
+//! | 12   | `PlanRunStarted` | plan_id, at_ms u64, cause u8 ([`RunCause`])                                             |
+//! | 13   | `PlanCertified`  | plan_id, at_ms u64, tree_size u64, root, certified bool, proofs_checked u32             |
+//!
+//! Types 1 to 9 exist since version 1, types 10 to 13 since version 2.
 //!
 //! A decoder must consume the payload exactly; trailing bytes, an unknown
-//! type, a string over its bound, invalid UTF-8 or a bool other than 0/1 is
+//! type, a type newer than the segment's version, a string over its bound,
+//! invalid UTF-8, a bool other than 0/1 or a run cause other than 0/1/2 is
 //! corruption (it passed the CRC, so it was written that way: a bug or a
 //! newer writer).
 //!
 //! # Recovery rules
 //!
-//! Every segment is scanned from [`HEADER_SIZE`]. At offset X a frame is
+//! Every segment is scanned from [`HEADER_LEN`]. At offset X a frame is
 //! valid when `len == !comp`, `len <= PAYLOAD_LEN_MAX`, the frame fits in
 //! the segment, the marker at X+13+len is 0xA5, the CRC matches and the
 //! payload decodes. At the first frame that is not valid:
@@ -136,7 +166,7 @@
 //!   whole frames, then for the frame being stored its header (possibly
 //!   partial), then possibly part of its payload, and no marker. A partial header is
 //!   inconsistent, because for every legal length the top byte of `!len` is
-//!   0xFF (`PAYLOAD_LEN_MAX < 2^24`, asserted in `limits`), so it cannot be
+//!   0xFF ([`PAYLOAD_LEN_MAX`] `< 2^24`, asserted below), so it cannot be
 //!   complete until the last complement byte is stored: shape (b). A
 //!   complete header with a missing marker is shape (a). Nothing
 //!   acknowledged is lost because `commit` returns only after `fdatasync`.
@@ -178,7 +208,7 @@
 
 use super::limits::{
     ACTOR_LEN_MAX, ERROR_LEN_MAX, EVENT_PAYLOAD_LEN_MAX, MANIFEST_LEN_MAX, REASON_LEN_MAX,
-    TOPIC_LEN_MAX,
+    SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES, TOPIC_LEN_MAX,
 };
 use crate::hash::Hash;
 
@@ -186,26 +216,47 @@ pub use crate::ids::PlanId;
 
 /// First 8 bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"HXOLOG\0\x01";
-/// Version written by this build; it reads exactly this version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the segments this build writes (see *Versions*).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version this build reads; it reads every version from this one
+/// to [`FORMAT_VERSION`].
+pub const FORMAT_VERSION_OLDEST_READ: u32 = 1;
+const _: () = assert!(FORMAT_VERSION_OLDEST_READ >= 1);
+const _: () = assert!(FORMAT_VERSION_OLDEST_READ <= FORMAT_VERSION);
 
-/// Header field offsets, each derived from the one before.
+/// Whether this build reads segments of `version`.
+pub fn version_is_read(version: u32) -> bool {
+    (FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&version)
+}
+
+// Header field offsets (the table above), each derived from the one
+// before. Each is named after its field: `HEADER_LEN_OFFSET` is where the
+// header's own length is stored, `HEADER_SEGMENT_SIZE_OFFSET` where the
+// segment's size is.
+/// Offset of the magic number.
 pub const HEADER_MAGIC_OFFSET: usize = 0;
+/// Offset of the format version.
 pub const HEADER_VERSION_OFFSET: usize = HEADER_MAGIC_OFFSET + MAGIC.len();
+/// Offset of the header length field (whose value is [`HEADER_LEN`]).
 pub const HEADER_LEN_OFFSET: usize = HEADER_VERSION_OFFSET + 4;
+/// Offset of the segment index.
 pub const HEADER_INDEX_OFFSET: usize = HEADER_LEN_OFFSET + 4;
-pub const HEADER_SIZE_OFFSET: usize = HEADER_INDEX_OFFSET + 8;
-pub const HEADER_GENERATION_OFFSET: usize = HEADER_SIZE_OFFSET + 8;
+/// Offset of the segment size field (the segment file's length in bytes).
+pub const HEADER_SEGMENT_SIZE_OFFSET: usize = HEADER_INDEX_OFFSET + 8;
+/// Offset of the store generation.
+pub const HEADER_GENERATION_OFFSET: usize = HEADER_SEGMENT_SIZE_OFFSET + 8;
+/// Offset of the header CRC.
 pub const HEADER_CRC_OFFSET: usize = HEADER_GENERATION_OFFSET + 8;
-/// End of the used header bytes; zero padding follows up to `HEADER_SIZE`.
+/// End of the used header bytes; zero padding follows up to `HEADER_LEN`.
 pub const HEADER_USED_END: usize = HEADER_CRC_OFFSET + 4;
-/// Where the first frame of a segment starts.
-pub const HEADER_SIZE: usize = 64;
-pub const HEADER_SIZE_BYTES: u64 = HEADER_SIZE as u64;
-const _: () = assert!(HEADER_USED_END <= HEADER_SIZE);
+/// Length of a segment header in bytes: where the first frame starts.
+pub const HEADER_LEN: usize = 64;
+/// [`HEADER_LEN`] as a file offset or length.
+pub const HEADER_LEN_BYTES: u64 = HEADER_LEN as u64;
+const _: () = assert!(HEADER_USED_END <= HEADER_LEN);
 // The documented table above; change both together.
 const _: () = assert!(HEADER_VERSION_OFFSET == 8 && HEADER_LEN_OFFSET == 12);
-const _: () = assert!(HEADER_INDEX_OFFSET == 16 && HEADER_SIZE_OFFSET == 24);
+const _: () = assert!(HEADER_INDEX_OFFSET == 16 && HEADER_SEGMENT_SIZE_OFFSET == 24);
 const _: () = assert!(HEADER_GENERATION_OFFSET == 32 && HEADER_CRC_OFFSET == 40);
 const _: () = assert!(HEADER_USED_END == 44);
 
@@ -215,13 +266,14 @@ pub const FRAME_LEN_COMPLEMENT_OFFSET: usize = FRAME_LEN_OFFSET + 4;
 pub const FRAME_CRC_OFFSET: usize = FRAME_LEN_COMPLEMENT_OFFSET + 4;
 pub const FRAME_TYPE_OFFSET: usize = FRAME_CRC_OFFSET + 4;
 pub const FRAME_PAYLOAD_OFFSET: usize = FRAME_TYPE_OFFSET + 1;
-/// Bytes of a frame before its payload (the "13" of the docs).
-pub const FRAME_HEADER_SIZE: usize = FRAME_PAYLOAD_OFFSET;
+/// Length of a frame's header: its bytes before the payload (the "13" of
+/// the docs).
+pub const FRAME_HEADER_LEN: usize = FRAME_PAYLOAD_OFFSET;
 /// Bytes a frame adds to its payload: header plus end marker.
-pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 1;
 pub const FRAME_OVERHEAD_BYTES: u64 = FRAME_OVERHEAD as u64;
 const _: () = assert!(FRAME_LEN_COMPLEMENT_OFFSET == 4 && FRAME_CRC_OFFSET == 8);
-const _: () = assert!(FRAME_TYPE_OFFSET == 12 && FRAME_HEADER_SIZE == 13);
+const _: () = assert!(FRAME_TYPE_OFFSET == 12 && FRAME_HEADER_LEN == 13);
 /// Last byte of every complete frame. Four bits set: one flip never zeroes it.
 pub const END_MARKER: u8 = 0xA5;
 const _: () = assert!(END_MARKER.count_ones() >= 2);
@@ -253,6 +305,10 @@ pub const fn payload_len_max() -> u32 {
     let plan_replayed = PLAN_ID_SIZE + 8 + STR_PREFIX_SIZE + ACTOR_LEN_MAX;
     let plan_finished = PLAN_ID_SIZE + 8 + 8 + HASH_SIZE + 8 + 8;
     let event = 8 + 8 + STR_PREFIX_SIZE + TOPIC_LEN_MAX + STR_PREFIX_SIZE + EVENT_PAYLOAD_LEN_MAX;
+    let plan_held = PLAN_ID_SIZE + 8;
+    let plan_submitted = PLAN_ID_SIZE + 8 + STR_PREFIX_SIZE + ACTOR_LEN_MAX;
+    let plan_run_started = PLAN_ID_SIZE + 8 + 1;
+    let plan_certified = PLAN_ID_SIZE + 8 + 8 + HASH_SIZE + 1 + 4;
     let mut m = plan_accepted;
     m = max_u32(m, SHARD_DONE_PAYLOAD_LEN);
     m = max_u32(m, shard_failed);
@@ -261,8 +317,30 @@ pub const fn payload_len_max() -> u32 {
     m = max_u32(m, plan_aborted);
     m = max_u32(m, plan_replayed);
     m = max_u32(m, plan_finished);
-    max_u32(m, event)
+    m = max_u32(m, event);
+    m = max_u32(m, plan_held);
+    m = max_u32(m, plan_submitted);
+    m = max_u32(m, plan_run_started);
+    max_u32(m, plan_certified)
 }
+
+/// Largest payload of any record type (`PlanAccepted` with a full manifest).
+pub const PAYLOAD_LEN_MAX: u32 = payload_len_max();
+/// Largest frame (payload plus framing) any record can produce.
+pub const FRAME_LEN_MAX_BYTES: u64 = FRAME_OVERHEAD_BYTES + PAYLOAD_LEN_MAX as u64;
+
+// A record of every type, at its largest, fits in a default segment after
+// the header: the engine never has to split a record.
+const _: () = assert!(HEADER_LEN_BYTES + FRAME_LEN_MAX_BYTES <= SEGMENT_SIZE_DEFAULT_BYTES);
+// The torn-header argument above needs the top byte of `!len` to be 0xFF
+// for every legal length, so that a header whose complement was only partly
+// written never looks consistent.
+const _: () = assert!(PAYLOAD_LEN_MAX < (1 << 24));
+// Every segment, even the smallest, holds its header and a ShardDone frame.
+const _: () = assert!(
+    HEADER_LEN_BYTES + FRAME_OVERHEAD_BYTES + SHARD_DONE_PAYLOAD_LEN as u64
+        <= SEGMENT_SIZE_MIN_BYTES
+);
 
 /// One outcome in the log. The engine owns the meaning; the log only keeps
 /// the bytes and the order.
@@ -327,20 +405,23 @@ pub enum Record {
         topic: String,
         payload_json: String,
     },
-    PlanHeld {
-        plan_id: PlanId,
-        at_ms: u64,
-    },
+    /// The plan whose `PlanAccepted` came before was accepted as created:
+    /// it must not run until a `PlanSubmitted`.
+    PlanHeld { plan_id: PlanId, at_ms: u64 },
+    /// The plan was submitted to run, by `actor`.
     PlanSubmitted {
         plan_id: PlanId,
         at_ms: u64,
         actor: String,
     },
+    /// A run of the plan started, for `cause`.
     PlanRunStarted {
         plan_id: PlanId,
         at_ms: u64,
         cause: RunCause,
     },
+    /// The plan's root was recomputed from the log (`certified` when it
+    /// matched), with `proofs_checked` inclusion proofs verified.
     PlanCertified {
         plan_id: PlanId,
         at_ms: u64,
@@ -351,16 +432,30 @@ pub enum Record {
     },
 }
 
-/// Why a run of a plan started (`PlanRunStarted`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a run of a plan started. Persisted as one byte: never reuse a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum RunCause {
+    /// The plan's first run.
     Start = 0,
+    /// A run that picks up an interrupted one.
     Resume = 1,
+    /// A run that redoes the plan after a replay.
     Replay = 2,
 }
 
 impl RunCause {
+    /// The cause's byte as persisted; `None` for any other value.
+    pub fn from_code(code: u8) -> Option<RunCause> {
+        Some(match code {
+            0 => RunCause::Start,
+            1 => RunCause::Resume,
+            2 => RunCause::Replay,
+            _ => return None,
+        })
+    }
+
+    /// Lowercase name, for output: "start", "resume" or "replay".
     pub fn name(self) -> &'static str {
         match self {
             RunCause::Start => "start",
@@ -408,6 +503,36 @@ impl RecordType {
             _ => return None,
         })
     }
+
+    /// The format version that introduced this type: segments of older
+    /// versions never hold it.
+    pub fn since_version(self) -> u32 {
+        match self {
+            RecordType::PlanAccepted
+            | RecordType::ShardDone
+            | RecordType::ShardFailed
+            | RecordType::ShardSplit
+            | RecordType::SubShardDone
+            | RecordType::PlanAborted
+            | RecordType::PlanReplayed
+            | RecordType::PlanFinished
+            | RecordType::Event => 1,
+            RecordType::PlanHeld
+            | RecordType::PlanSubmitted
+            | RecordType::PlanRunStarted
+            | RecordType::PlanCertified => 2,
+        }
+    }
+
+    /// The type of `code` in a segment of `version`: an unknown code, or a
+    /// type newer than the version, is an error.
+    pub fn from_code_in(code: u8, version: u32) -> Result<RecordType, DecodeError> {
+        let record_type = RecordType::from_code(code).ok_or(DecodeError::UnknownType { code })?;
+        if record_type.since_version() > version {
+            return Err(DecodeError::NewerType { code, version });
+        }
+        Ok(record_type)
+    }
 }
 
 /// A string field over its bound; the record is refused before any byte is
@@ -439,6 +564,10 @@ pub enum DecodeError {
     NotUtf8 { field: &'static str },
     #[error("field {field} is {value}, not a bool")]
     NotBool { field: &'static str, value: u8 },
+    #[error("field {field} is {value}, not a run cause")]
+    NotRunCause { field: &'static str, value: u8 },
+    #[error("record type {code} does not exist in format version {version}")]
+    NewerType { code: u8, version: u32 },
 }
 
 impl Record {
@@ -461,7 +590,7 @@ impl Record {
     }
 
     /// Payload length in bytes, after checking every string against its
-    /// bound. The result is at most `limits::PAYLOAD_LEN_MAX`.
+    /// bound. The result is at most [`PAYLOAD_LEN_MAX`].
     pub fn payload_len(&self) -> Result<u32, FieldTooLong> {
         fn s(field: &'static str, value: &str, max: u32) -> Result<u32, FieldTooLong> {
             let len_bytes = value.len() as u64;
@@ -686,9 +815,18 @@ impl Record {
         }
     }
 
-    /// Decodes a payload of type `code`, consuming it exactly.
+    /// Decodes a payload of type `code`, consuming it exactly, as this
+    /// build's version has it. A frame read from a segment of an older
+    /// version must have its type checked first
+    /// ([`RecordType::from_code_in`]; the scans of [`super::segment`] do).
     pub fn decode(code: u8, payload: &[u8]) -> Result<Record, DecodeError> {
-        let record_type = RecordType::from_code(code).ok_or(DecodeError::UnknownType { code })?;
+        Record::decode_in(FORMAT_VERSION, code, payload)
+    }
+
+    /// Decodes a payload of type `code` read from a segment of `version`,
+    /// consuming it exactly.
+    pub fn decode_in(version: u32, code: u8, payload: &[u8]) -> Result<Record, DecodeError> {
+        let record_type = RecordType::from_code_in(code, version)?;
         let mut d = Dec { rest: payload };
         let record = match record_type {
             RecordType::PlanAccepted => Record::PlanAccepted {
@@ -762,17 +900,7 @@ impl Record {
             RecordType::PlanRunStarted => Record::PlanRunStarted {
                 plan_id: d.array("plan_id")?,
                 at_ms: d.u64("at_ms")?,
-                cause: match d.u8("cause")? {
-                    0 => RunCause::Start,
-                    1 => RunCause::Resume,
-                    2 => RunCause::Replay,
-                    value => {
-                        return Err(DecodeError::NotBool {
-                            field: "cause",
-                            value,
-                        })
-                    }
-                },
+                cause: d.run_cause("cause")?,
             },
             RecordType::PlanCertified => Record::PlanCertified {
                 plan_id: d.array("plan_id")?,
@@ -858,21 +986,20 @@ pub fn append_unsealed_frame(record: &Record, len: u32, out: &mut Vec<u8>) {
     record.encode_payload(out);
     // Pair assertion, half one: the encoder wrote exactly the length that
     // the header promises (the reader checks the other half).
-    assert_eq!(out.len() - start, FRAME_HEADER_SIZE + len as usize);
+    assert_eq!(out.len() - start, FRAME_HEADER_LEN + len as usize);
     out.push(END_MARKER);
 }
 
 /// Fills in the CRC field of the frames of `buf` starting at `starts`
 /// (written by [`append_unsealed_frame`]), three at a time where the CPU
 /// allows: three independent CRC chains keep the CRC-32C unit busy, where
-/// one chain waits out each instruction's latency (the CRC was a third of
-/// the log writer's time).
+/// one chain waits out each instruction's latency.
 pub fn seal_frames(buf: &mut [u8], starts: &[usize]) {
     fn crc_input(buf: &[u8], start: usize) -> (u32, std::ops::Range<usize>) {
         let len = le_u32(&buf[start..], FRAME_LEN_OFFSET);
         (
             len,
-            start + FRAME_TYPE_OFFSET..start + FRAME_HEADER_SIZE + len as usize,
+            start + FRAME_TYPE_OFFSET..start + FRAME_HEADER_LEN + len as usize,
         )
     }
     fn put(buf: &mut [u8], start: usize, crc: u32) {
@@ -980,9 +1107,9 @@ unsafe fn crc32c_sse42_continue(state: u32, bytes: &[u8]) -> u32 {
 }
 
 /// [`frame_crc`] with the CRC-32C instruction in unaligned 8-byte steps:
-/// the same value as the `crc32c` crate, whose aligned loop spends most of
-/// its time in byte-wise prologues and epilogues on a ~100-byte frame (a
-/// third of an append, measured).
+/// the same value as the `crc32c` crate, whose loop aligns its input with
+/// byte-wise prologues and epilogues, most of the work on a ~100-byte
+/// frame.
 ///
 /// # Safety
 /// The CPU must support SSE 4.2.
@@ -1057,16 +1184,16 @@ impl std::fmt::Display for BadFrame {
 
 /// Reads the frame at `pos` of `segment` (the whole segment's bytes).
 pub fn read_frame(segment: &[u8], pos: usize) -> FrameRead<'_> {
-    assert!(pos >= HEADER_SIZE && pos <= segment.len());
+    assert!(pos >= HEADER_LEN && pos <= segment.len());
     let rest = &segment[pos..];
-    if rest.len() < FRAME_HEADER_SIZE {
+    if rest.len() < FRAME_HEADER_LEN {
         return if is_zero(rest) {
             FrameRead::EndOfData
         } else {
             FrameRead::Bad(BadFrame::ShortTail)
         };
     }
-    let header = &rest[..FRAME_HEADER_SIZE];
+    let header = &rest[..FRAME_HEADER_LEN];
     if is_zero(header) {
         return FrameRead::EndOfData;
     }
@@ -1075,10 +1202,10 @@ pub fn read_frame(segment: &[u8], pos: usize) -> FrameRead<'_> {
     if len != !complement {
         return FrameRead::Bad(BadFrame::InconsistentLength { len, complement });
     }
-    if len > super::limits::PAYLOAD_LEN_MAX || len as usize + FRAME_OVERHEAD > rest.len() {
+    if len > PAYLOAD_LEN_MAX || len as usize + FRAME_OVERHEAD > rest.len() {
         return FrameRead::Bad(BadFrame::LengthOutOfRange { len });
     }
-    let payload_end = FRAME_HEADER_SIZE + len as usize;
+    let payload_end = FRAME_HEADER_LEN + len as usize;
     let marker = rest[payload_end];
     if marker == 0 {
         return FrameRead::Bad(BadFrame::MissingMarker { len });
@@ -1101,21 +1228,35 @@ pub fn read_frame(segment: &[u8], pos: usize) -> FrameRead<'_> {
 /// The decoded fixed fields of a segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The format version the segment is written in; one this build reads.
+    pub version: u32,
     pub index: u64,
     pub size_bytes: u64,
     pub generation: u64,
 }
 
 impl SegmentHeader {
-    pub fn encode(&self) -> [u8; HEADER_SIZE] {
-        let mut out = [0u8; HEADER_SIZE];
+    /// The header of a segment this build creates: [`FORMAT_VERSION`].
+    pub fn new(index: u64, size_bytes: u64, generation: u64) -> SegmentHeader {
+        SegmentHeader {
+            version: FORMAT_VERSION,
+            index,
+            size_bytes,
+            generation,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        // Tests write older versions; nothing writes one this build cannot read.
+        assert!(version_is_read(self.version), "version {}", self.version);
+        let mut out = [0u8; HEADER_LEN];
         out[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET].copy_from_slice(&MAGIC);
-        out[HEADER_VERSION_OFFSET..HEADER_LEN_OFFSET]
-            .copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[HEADER_VERSION_OFFSET..HEADER_LEN_OFFSET].copy_from_slice(&self.version.to_le_bytes());
         out[HEADER_LEN_OFFSET..HEADER_INDEX_OFFSET]
-            .copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-        out[HEADER_INDEX_OFFSET..HEADER_SIZE_OFFSET].copy_from_slice(&self.index.to_le_bytes());
-        out[HEADER_SIZE_OFFSET..HEADER_GENERATION_OFFSET]
+            .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out[HEADER_INDEX_OFFSET..HEADER_SEGMENT_SIZE_OFFSET]
+            .copy_from_slice(&self.index.to_le_bytes());
+        out[HEADER_SEGMENT_SIZE_OFFSET..HEADER_GENERATION_OFFSET]
             .copy_from_slice(&self.size_bytes.to_le_bytes());
         out[HEADER_GENERATION_OFFSET..HEADER_CRC_OFFSET]
             .copy_from_slice(&self.generation.to_le_bytes());
@@ -1131,12 +1272,12 @@ impl SegmentHeader {
         index: u64,
         file_len_bytes: u64,
     ) -> Result<SegmentHeader, HeaderError> {
-        if segment.len() < HEADER_SIZE {
+        if segment.len() < HEADER_LEN {
             return Err(HeaderError::TooShort {
                 len_bytes: segment.len() as u64,
             });
         }
-        let h = &segment[..HEADER_SIZE];
+        let h = &segment[..HEADER_LEN];
         if h[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET] != MAGIC {
             return Err(HeaderError::BadMagic);
         }
@@ -1145,19 +1286,20 @@ impl SegmentHeader {
             return Err(HeaderError::Checksum);
         }
         let version = le_u32(h, HEADER_VERSION_OFFSET);
-        if version != FORMAT_VERSION {
+        if !version_is_read(version) {
             return Err(HeaderError::UnsupportedVersion { version });
         }
         let header_len = le_u32(h, HEADER_LEN_OFFSET);
-        if header_len as usize != HEADER_SIZE {
+        if header_len as usize != HEADER_LEN {
             return Err(HeaderError::BadHeaderLen { header_len });
         }
         if !is_zero(&h[HEADER_USED_END..]) {
             return Err(HeaderError::NonZeroPadding);
         }
         let header = SegmentHeader {
+            version,
             index: le_u64(h, HEADER_INDEX_OFFSET),
-            size_bytes: le_u64(h, HEADER_SIZE_OFFSET),
+            size_bytes: le_u64(h, HEADER_SEGMENT_SIZE_OFFSET),
             generation: le_u64(h, HEADER_GENERATION_OFFSET),
         };
         if header.index != index {
@@ -1184,9 +1326,12 @@ pub enum HeaderError {
     BadMagic,
     #[error("header fails its crc")]
     Checksum,
-    #[error("format version {version}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "format version {version}, this build reads versions \
+         {FORMAT_VERSION_OLDEST_READ} to {FORMAT_VERSION}"
+    )]
     UnsupportedVersion { version: u32 },
-    #[error("header length {header_len}, expected {HEADER_SIZE}")]
+    #[error("header length {header_len}, expected {HEADER_LEN}")]
     BadHeaderLen { header_len: u32 },
     #[error("non-zero header padding")]
     NonZeroPadding,
@@ -1309,6 +1454,10 @@ impl<'a> Dec<'a> {
             value => Err(DecodeError::NotBool { field, value }),
         }
     }
+    fn run_cause(&mut self, field: &'static str) -> Result<RunCause, DecodeError> {
+        let value = self.u8(field)?;
+        RunCause::from_code(value).ok_or(DecodeError::NotRunCause { field, value })
+    }
     fn str(&mut self, field: &'static str, max: u32) -> Result<String, DecodeError> {
         let len = self.u32(field)?;
         if len > max {
@@ -1367,8 +1516,40 @@ pub(crate) mod tests {
     }
     use crate::hash::sha256;
 
-    /// One record of every type, with every field distinct and non-zero.
+    /// One record of every type, with every field distinct and non-zero:
+    /// those of version 1, then those version 2 added.
     pub(crate) fn one_of_each() -> Vec<Record> {
+        let plan_id: PlanId = *b"0123456789abcdef";
+        let mut records = one_of_each_v1();
+        records.extend([
+            Record::PlanHeld {
+                plan_id,
+                at_ms: 1_700_000_001_100,
+            },
+            Record::PlanSubmitted {
+                plan_id,
+                at_ms: 1_700_000_001_200,
+                actor: "ensign «ü»".to_owned(),
+            },
+            Record::PlanRunStarted {
+                plan_id,
+                at_ms: 1_700_000_001_300,
+                cause: RunCause::Resume,
+            },
+            Record::PlanCertified {
+                plan_id,
+                at_ms: 1_700_000_001_400,
+                tree_size: 3,
+                root: sha256(b"certified root"),
+                certified: true,
+                proofs_checked: 17,
+            },
+        ]);
+        records
+    }
+
+    /// One record of every type of version 1 (the golden v1 store's).
+    pub(crate) fn one_of_each_v1() -> Vec<Record> {
         let plan_id: PlanId = *b"0123456789abcdef";
         vec![
             Record::PlanAccepted {
@@ -1434,9 +1615,9 @@ pub(crate) mod tests {
     }
 
     fn decode_frame(frame: &[u8]) -> Record {
-        let mut segment = vec![0u8; HEADER_SIZE];
+        let mut segment = vec![0u8; HEADER_LEN];
         segment.extend_from_slice(frame);
-        match read_frame(&segment, HEADER_SIZE) {
+        match read_frame(&segment, HEADER_LEN) {
             FrameRead::Frame {
                 type_code,
                 payload,
@@ -1466,7 +1647,9 @@ pub(crate) mod tests {
             // ...and reads back to the same record.
             assert_eq!(&decode_frame(&frame), record);
         }
-        assert_eq!(seen.len(), 9, "one_of_each must cover every type");
+        assert_eq!(seen.len(), 13, "one_of_each must cover every type");
+        assert!((1..=13).all(|code| RecordType::from_code(code).is_some()));
+        assert_eq!(RecordType::from_code(14), None);
     }
 
     #[test]
@@ -1553,8 +1736,8 @@ pub(crate) mod tests {
             Err(DecodeError::UnknownType { code: 0 })
         );
         assert_eq!(
-            Record::decode(99, &payload),
-            Err(DecodeError::UnknownType { code: 99 })
+            Record::decode(14, &payload),
+            Err(DecodeError::UnknownType { code: 14 })
         );
         let mut trailing = payload.clone();
         trailing.push(0);
@@ -1594,78 +1777,238 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_new_records_have_the_documented_layout() {
+        // Built by hand from the payload table of the module docs.
+        let plan_id = [3u8; 16];
+        let at = 0x0102_0304_0506_0708u64.to_le_bytes();
+        let mut held = plan_id.to_vec();
+        held.extend_from_slice(&at);
+        let mut submitted = held.clone();
+        submitted.extend_from_slice(&2u32.to_le_bytes());
+        submitted.extend_from_slice(b"me");
+        let mut started = held.clone();
+        started.push(2);
+        let mut certified = held.clone();
+        certified.extend_from_slice(&9u64.to_le_bytes());
+        certified.extend_from_slice(&[0xEE; 32]);
+        certified.push(1);
+        certified.extend_from_slice(&0x1122_3344u32.to_le_bytes());
+        let at_ms = u64::from_le_bytes(at);
+        let cases = [
+            (10, held, Record::PlanHeld { plan_id, at_ms }),
+            (
+                11,
+                submitted,
+                Record::PlanSubmitted {
+                    plan_id,
+                    at_ms,
+                    actor: "me".to_owned(),
+                },
+            ),
+            (
+                12,
+                started,
+                Record::PlanRunStarted {
+                    plan_id,
+                    at_ms,
+                    cause: RunCause::Replay,
+                },
+            ),
+            (
+                13,
+                certified,
+                Record::PlanCertified {
+                    plan_id,
+                    at_ms,
+                    tree_size: 9,
+                    root: [0xEE; 32],
+                    certified: true,
+                    proofs_checked: 0x1122_3344,
+                },
+            ),
+        ];
+        for (code, payload, record) in cases {
+            assert_eq!(record.record_type() as u8, code);
+            assert_eq!(record.payload_len().unwrap() as usize, payload.len());
+            let mut encoded = Vec::new();
+            record.encode_payload(&mut encoded);
+            assert_eq!(encoded, payload, "type {code}");
+            assert_eq!(Record::decode(code, &payload), Ok(record.clone()));
+            assert_eq!(Record::decode_in(2, code, &payload), Ok(record));
+            // A version-1 segment never holds these types.
+            assert_eq!(
+                Record::decode_in(1, code, &payload),
+                Err(DecodeError::NewerType { code, version: 1 })
+            );
+        }
+    }
+
+    #[test]
+    fn run_causes_are_one_byte_and_nothing_else_decodes() {
+        for (cause, code, name) in [
+            (RunCause::Start, 0, "start"),
+            (RunCause::Resume, 1, "resume"),
+            (RunCause::Replay, 2, "replay"),
+        ] {
+            assert_eq!(cause as u8, code);
+            assert_eq!(RunCause::from_code(code), Some(cause));
+            assert_eq!(cause.name(), name);
+        }
+        let record = Record::PlanRunStarted {
+            plan_id: [1; 16],
+            at_ms: 5,
+            cause: RunCause::Start,
+        };
+        let mut payload = Vec::new();
+        record.encode_payload(&mut payload);
+        let code = RecordType::PlanRunStarted as u8;
+        for value in 3..=u8::MAX {
+            *payload.last_mut().unwrap() = value;
+            assert_eq!(
+                Record::decode(code, &payload),
+                Err(DecodeError::NotRunCause {
+                    field: "cause",
+                    value
+                })
+            );
+        }
+        // The certified flag is a bool like the others.
+        let mut certified = Vec::new();
+        one_of_each()[12].encode_payload(&mut certified);
+        let flag_at = certified.len() - 5;
+        certified[flag_at] = 2;
+        assert_eq!(
+            Record::decode(RecordType::PlanCertified as u8, &certified),
+            Err(DecodeError::NotBool {
+                field: "certified",
+                value: 2
+            })
+        );
+    }
+
+    #[test]
+    fn each_version_reads_the_types_it_had() {
+        for code in 0..=u8::MAX {
+            for version in FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION {
+                let got = RecordType::from_code_in(code, version);
+                match (code, version) {
+                    (1..=9, _) | (10..=13, 2) => {
+                        assert_eq!(got.map(|t| t as u8), Ok(code), "{code} in v{version}")
+                    }
+                    (10..=13, 1) => {
+                        assert_eq!(got, Err(DecodeError::NewerType { code, version }))
+                    }
+                    _ => assert_eq!(got, Err(DecodeError::UnknownType { code })),
+                }
+            }
+        }
+        assert_eq!(
+            DecodeError::NewerType {
+                code: 10,
+                version: 1
+            }
+            .to_string(),
+            "record type 10 does not exist in format version 1"
+        );
+    }
+
+    #[test]
     fn frame_reader_classifies_tears_and_damage() {
         let mut frame = Vec::new();
         encode_frame(&one_of_each()[1], &mut frame).unwrap();
         let segment_with = |frame: &[u8]| {
-            let mut s = vec![0u8; HEADER_SIZE];
+            let mut s = vec![0u8; HEADER_LEN];
             s.extend_from_slice(frame);
-            s.resize(HEADER_SIZE + 512, 0);
+            s.resize(HEADER_LEN + 512, 0);
             s
         };
         let s = segment_with(&frame);
         assert!(matches!(
-            read_frame(&s, HEADER_SIZE),
+            read_frame(&s, HEADER_LEN),
             FrameRead::Frame { .. }
         ));
         assert_eq!(
-            read_frame(&s, HEADER_SIZE + frame.len()),
+            read_frame(&s, HEADER_LEN + frame.len()),
             FrameRead::EndOfData
         );
         // Marker not yet written.
         let mut torn = frame.clone();
         *torn.last_mut().unwrap() = 0;
         assert_eq!(
-            read_frame(&segment_with(&torn), HEADER_SIZE),
+            read_frame(&segment_with(&torn), HEADER_LEN),
             FrameRead::Bad(BadFrame::MissingMarker { len: 100 })
         );
         // Only part of the complement written.
         let s = segment_with(&frame[..6]);
         assert!(matches!(
-            read_frame(&s, HEADER_SIZE),
+            read_frame(&s, HEADER_LEN),
             FrameRead::Bad(BadFrame::InconsistentLength { .. })
         ));
         let mut flipped = frame.clone();
         flipped[FRAME_PAYLOAD_OFFSET + 7] ^= 0x10;
         assert_eq!(
-            read_frame(&segment_with(&flipped), HEADER_SIZE),
+            read_frame(&segment_with(&flipped), HEADER_LEN),
             FrameRead::Bad(BadFrame::Checksum { len: 100 })
         );
         let mut marker = frame.clone();
         *marker.last_mut().unwrap() ^= 0x01;
         assert_eq!(
-            read_frame(&segment_with(&marker), HEADER_SIZE),
+            read_frame(&segment_with(&marker), HEADER_LEN),
             FrameRead::Bad(BadFrame::BadMarker {
                 len: 100,
                 marker: 0xA4
             })
         );
         // A consistent length past the end of the segment.
-        let mut s = vec![0u8; HEADER_SIZE + 20];
-        s[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&100u32.to_le_bytes());
-        s[HEADER_SIZE + 4..HEADER_SIZE + 8].copy_from_slice(&(!100u32).to_le_bytes());
+        let mut s = vec![0u8; HEADER_LEN + 20];
+        s[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&100u32.to_le_bytes());
+        s[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&(!100u32).to_le_bytes());
         assert_eq!(
-            read_frame(&s, HEADER_SIZE),
+            read_frame(&s, HEADER_LEN),
             FrameRead::Bad(BadFrame::LengthOutOfRange { len: 100 })
         );
-        let mut short = vec![0u8; HEADER_SIZE + 5];
-        assert_eq!(read_frame(&short, HEADER_SIZE), FrameRead::EndOfData);
-        short[HEADER_SIZE + 4] = 1;
+        let mut short = vec![0u8; HEADER_LEN + 5];
+        assert_eq!(read_frame(&short, HEADER_LEN), FrameRead::EndOfData);
+        short[HEADER_LEN + 4] = 1;
         assert_eq!(
-            read_frame(&short, HEADER_SIZE),
+            read_frame(&short, HEADER_LEN),
             FrameRead::Bad(BadFrame::ShortTail)
         );
     }
 
     #[test]
     fn header_round_trips_and_every_bit_flip_is_refused() {
-        let header = SegmentHeader {
-            index: 7,
-            size_bytes: 65536,
-            generation: 2,
-        };
+        let header = SegmentHeader::new(7, 65536, 2);
+        assert_eq!(header.version, FORMAT_VERSION);
         let bytes = header.encode();
         assert_eq!(SegmentHeader::parse(&bytes, 7, 65536), Ok(header));
+        // Every version this build reads round-trips; the ones around
+        // them are refused, with a message that names the range.
+        let at_version = |version: u32| {
+            let mut bytes = bytes;
+            bytes[HEADER_VERSION_OFFSET..HEADER_LEN_OFFSET].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
+            bytes[HEADER_CRC_OFFSET..HEADER_USED_END].copy_from_slice(&crc.to_le_bytes());
+            SegmentHeader::parse(&bytes, 7, 65536)
+        };
+        for version in FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION {
+            let old = SegmentHeader { version, ..header };
+            assert_eq!(at_version(version), Ok(old));
+            assert_eq!(
+                at_version(version),
+                SegmentHeader::parse(&old.encode(), 7, 65536)
+            );
+        }
+        for version in [0, FORMAT_VERSION + 1, u32::MAX] {
+            assert_eq!(
+                at_version(version),
+                Err(HeaderError::UnsupportedVersion { version })
+            );
+        }
+        assert_eq!(
+            HeaderError::UnsupportedVersion { version: 3 }.to_string(),
+            "format version 3, this build reads versions 1 to 2"
+        );
         assert_eq!(
             SegmentHeader::parse(&bytes, 8, 65536),
             Err(HeaderError::IndexMismatch { found: 7 })
@@ -1674,7 +2017,7 @@ pub(crate) mod tests {
             SegmentHeader::parse(&bytes, 7, 4096),
             Err(HeaderError::SizeMismatch { .. })
         ));
-        for bit in 0..HEADER_SIZE * 8 {
+        for bit in 0..HEADER_LEN * 8 {
             let mut flipped = bytes;
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert!(

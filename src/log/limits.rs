@@ -3,18 +3,18 @@
 //!
 //! Every bound that the on-disk format or the writer relies on lives here,
 //! and the relations between them are checked at compile time, so that a
-//! change to one of them cannot silently break another (TigerBeetle
-//! `constants.zig`). The format itself (offsets, frame overhead) is in
-//! [`super::format`]; the relations that mix both are asserted at the end of
-//! this file.
-
-use super::format;
+//! change to one of them cannot silently break another. This module
+//! depends on nothing: the sizes that follow from the byte layout (header
+//! and frame lengths, the largest payload and frame) are derived in
+//! [`super::format`], which imports these bounds and asserts the relations
+//! that mix both.
 
 /// Largest `manifest_json` of a `PlanAccepted` record (the compiled plan).
 pub const MANIFEST_LEN_MAX: u32 = 4 * 1024 * 1024;
 /// Largest `error` text of a `ShardFailed` record.
 pub const ERROR_LEN_MAX: u32 = 4 * 1024;
-/// Largest `actor` of an audit record (`PlanAborted`, `PlanReplayed`).
+/// Largest `actor` of an audit record (`PlanAborted`, `PlanReplayed`,
+/// `PlanSubmitted`).
 pub const ACTOR_LEN_MAX: u32 = 256;
 /// Largest `reason` of a `PlanAborted` record.
 pub const REASON_LEN_MAX: u32 = 4 * 1024;
@@ -47,26 +47,6 @@ pub const SUBMIT_BATCH_RECORDS_MAX: usize = COMMIT_RECORDS_MAX;
 /// Most records `compact` appends between two commits of the new store.
 pub const COMPACT_COMMIT_RECORDS_MAX: usize = 16_384;
 
-/// Largest payload of any record type (`PlanAccepted` with a full manifest).
-pub const PAYLOAD_LEN_MAX: u32 = format::payload_len_max();
-/// Largest frame (payload plus framing) any record can produce.
-pub const FRAME_LEN_MAX_BYTES: u64 = format::FRAME_OVERHEAD_BYTES + PAYLOAD_LEN_MAX as u64;
-
-// A record of every type, at its largest, fits in a default segment after
-// the header: the engine never has to split a record.
-const _: () =
-    assert!(format::HEADER_SIZE_BYTES + FRAME_LEN_MAX_BYTES <= SEGMENT_SIZE_DEFAULT_BYTES);
-// The torn-header argument of `format` needs the top byte of `!len` to be
-// 0xFF for every legal length, so that a header whose complement was only
-// partly written never looks consistent.
-const _: () = assert!(PAYLOAD_LEN_MAX < (1 << 24));
-// Every segment, even the smallest, holds its header and a ShardDone frame.
-const _: () = assert!(
-    format::HEADER_SIZE_BYTES
-        + format::FRAME_OVERHEAD_BYTES
-        + format::SHARD_DONE_PAYLOAD_LEN as u64
-        <= SEGMENT_SIZE_MIN_BYTES
-);
 const _: () = assert!(SEGMENT_SIZE_MIN_BYTES % SEGMENT_SIZE_ALIGN_BYTES == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES % SEGMENT_SIZE_ALIGN_BYTES == 0);
 const _: () = assert!(SEGMENT_SIZE_MAX_BYTES % SEGMENT_SIZE_ALIGN_BYTES == 0);

@@ -26,11 +26,15 @@
 //!   that is gone). Reopening the store recovers everything committed.
 //! - One owner at a time: [`Log::open`] holds the store lock for the log's
 //!   lifetime.
+//! - Segments of an older format version (see [`format`](mod@format)) are
+//!   read, never appended to: the first append after opening such a store
+//!   goes to a new segment of this build's version.
 //!
 //! Module map: [`limits`] (bounds and their relations), [`format`](mod@format) (layout,
-//! encoding), [`segment`] (recovery scan of one segment), [`storage`] (the
-//! disk door: [`FsStorage`], [`MemStorage`]), [`lock`], [`writer`],
-//! [`compact`](mod@compact).
+//! encoding, versions), [`upgrade`] (version-1 lifecycle events read as
+//! typed records), [`segment`] (recovery scan of one segment), [`storage`]
+//! (the disk door: [`FsStorage`], [`MemStorage`]), [`read_only`], [`lock`],
+//! [`writer`], [`compact`](mod@compact).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -41,6 +45,7 @@ pub mod lock;
 pub mod read_only;
 pub mod segment;
 pub mod storage;
+pub mod upgrade;
 pub mod writer;
 
 #[cfg(test)]
@@ -59,7 +64,8 @@ pub use self::storage::{Faults, FsStorage, MemDisk, MemStorage, Storage};
 pub use self::writer::{spawn_writer, Writer};
 
 use self::format::{
-    SegmentHeader, FRAME_HEADER_SIZE, FRAME_OVERHEAD_BYTES, HEADER_SIZE, HEADER_SIZE_BYTES,
+    SegmentHeader, FORMAT_VERSION, FRAME_HEADER_LEN, FRAME_OVERHEAD_BYTES, HEADER_LEN,
+    HEADER_LEN_BYTES,
 };
 use self::limits::{
     PENDING_BYTES_MAX, SEGMENT_COUNT_MAX, SEGMENT_SIZE_ALIGN_BYTES, SEGMENT_SIZE_DEFAULT_BYTES,
@@ -92,7 +98,9 @@ pub enum LogError {
         reason: String,
     },
     #[error(
-        "checkpoint segment {segment} has format version {version}, this build reads version {}",
+        "checkpoint segment {segment} has format version {version}, this build reads versions \
+         {} to {}",
+        format::FORMAT_VERSION_OLDEST_READ,
         format::FORMAT_VERSION
     )]
     UnsupportedVersion { segment: u64, version: u32 },
@@ -165,7 +173,7 @@ impl LogOptions {
 
     /// Bytes of a segment of this size that frames may use.
     pub fn segment_capacity_bytes(&self) -> u64 {
-        self.segment_size_bytes - HEADER_SIZE_BYTES
+        self.segment_size_bytes - HEADER_LEN_BYTES
     }
 }
 
@@ -174,7 +182,9 @@ impl LogOptions {
 pub struct RecoveryReport {
     /// Segment files in the store after recovery.
     pub segment_count: u32,
-    /// Records recovered.
+    /// Records recovered, counted as the record-level reads hand them on
+    /// (with the records upgraded from version-1 events); frames, for
+    /// [`read_only_scan_frames`].
     pub record_count: u64,
     /// The torn tail that was zeroed, if any.
     pub torn_tail: Option<TornTail>,
@@ -204,9 +214,11 @@ pub struct Damage {
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     index: u64,
+    /// Format version of its header: what its frames may hold.
+    version: u32,
     size_bytes: u64,
-    // INVARIANT: HEADER_SIZE <= data_end <= size_bytes; the bytes
-    // [HEADER_SIZE, data_end) are valid frames, and unless `damaged`, the
+    // INVARIANT: HEADER_LEN <= data_end <= size_bytes; the bytes
+    // [HEADER_LEN, data_end) are valid frames, and unless `damaged`, the
     // bytes [data_end, size_bytes) are zero.
     data_end: u64,
     /// Salvaged damage after `data_end`: read up to it, never append.
@@ -220,14 +232,15 @@ pub struct Log {
     /// Generation of every segment of this store (see `compact`).
     generation: u64,
     // INVARIANT: non-empty, ascending indices; appends go to the last one,
-    // which is never `damaged`.
+    // which is never `damaged`, and only once it is of FORMAT_VERSION (the
+    // first append after recovering an older last segment rolls over).
     segments: Vec<Segment>,
     /// Index the next created segment gets (one past the highest on disk,
     /// readable or not).
     next_index: u64,
     /// Lowest segment index of the store, for the segment count bound.
     first_index: u64,
-    // INVARIANT: HEADER_SIZE <= synced_end <= last segment's data_end -
+    // INVARIANT: HEADER_LEN <= synced_end <= last segment's data_end -
     // pending.len(); the last segment's bytes before synced_end are
     // durable, and so are all earlier segments (synced when the next one
     // was created).
@@ -295,7 +308,7 @@ impl Log {
             segments: Vec::new(),
             next_index: 0,
             first_index: 0,
-            synced_end: HEADER_SIZE_BYTES,
+            synced_end: HEADER_LEN_BYTES,
             record_count: 0,
             poisoned: false,
             pending: Vec::new(),
@@ -416,10 +429,11 @@ impl Log {
                 }
                 Some(_) => {}
             }
-            let scan = segment::scan(bytes, is_last, &mut |_| {});
+            let scan = segment::scan(bytes, header.version, is_last, &mut |_| {});
             report.record_count += scan.record_count;
             let mut segment = Segment {
                 index,
+                version: header.version,
                 size_bytes: len,
                 data_end: scan.data_end as u64,
                 damaged: false,
@@ -464,9 +478,9 @@ impl Log {
                 // The previous owner may have died before syncing its last
                 // batch; those records are part of the log now, so make them
                 // durable before anything is appended after them.
-                let len = last.data_end - HEADER_SIZE_BYTES;
+                let len = last.data_end - HEADER_LEN_BYTES;
                 self.storage
-                    .sync_range(last.index, HEADER_SIZE_BYTES, len)
+                    .sync_range(last.index, HEADER_LEN_BYTES, len)
                     .map_err(|e| self.io(format!("syncing recovered segment {}", last.index), e))?;
                 self.synced_end = last.data_end;
             }
@@ -489,7 +503,7 @@ impl Log {
     fn zero_torn_tail(&mut self, index: u64, offset: usize, bytes: usize) -> Result<(), LogError> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let end = offset + bytes;
-        let mid = (offset + FRAME_HEADER_SIZE).min(end);
+        let mid = (offset + FRAME_HEADER_LEN).min(end);
         for (from, to) in [(mid, end), (offset, mid)] {
             let mut at = from;
             while at < to {
@@ -512,12 +526,7 @@ impl Log {
     /// append target. Errors carry the step for the caller to wrap.
     fn create_segment(&mut self, index: u64) -> Result<(), (String, io::Error)> {
         let size_bytes = self.opts.segment_size_bytes;
-        let header = SegmentHeader {
-            index,
-            size_bytes,
-            generation: self.generation,
-        }
-        .encode();
+        let header = SegmentHeader::new(index, size_bytes, self.generation).encode();
         self.storage
             .create_segment(index, size_bytes, &header)
             .map_err(|e| {
@@ -531,12 +540,13 @@ impl Log {
         }
         self.segments.push(Segment {
             index,
+            version: FORMAT_VERSION,
             size_bytes,
-            data_end: HEADER_SIZE_BYTES,
+            data_end: HEADER_LEN_BYTES,
             damaged: false,
         });
         self.next_index = index + 1;
-        self.synced_end = HEADER_SIZE_BYTES;
+        self.synced_end = HEADER_LEN_BYTES;
         Ok(())
     }
 
@@ -552,7 +562,9 @@ impl Log {
         let len = record.payload_len()?;
         let frame_len = FRAME_OVERHEAD_BYTES + u64::from(len);
         let last = *self.segments.last().expect("INVARIANT: non-empty");
-        if last.data_end + frame_len > last.size_bytes {
+        // A segment of an older version is never appended to: its version
+        // promises readers which record types it holds.
+        if last.data_end + frame_len > last.size_bytes || last.version != FORMAT_VERSION {
             let capacity_bytes = self.opts.segment_capacity_bytes();
             if frame_len > capacity_bytes {
                 return Err(LogError::RecordTooLarge {
@@ -640,7 +652,8 @@ impl Log {
     }
 
     /// Calls `f` with every record, recovered and appended, in log order,
-    /// decoding from the maps.
+    /// decoding from the maps. A lifecycle event of a version-1 segment is
+    /// followed by the typed record it stands for (see [`upgrade`]).
     pub fn for_each_record(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
@@ -653,7 +666,7 @@ impl Log {
                 .bytes(segment.index)
                 .expect("INVARIANT: every listed segment is open");
             let data_end = segment.data_end as usize;
-            let mut pos = HEADER_SIZE;
+            let mut pos = HEADER_LEN;
             while pos < data_end {
                 let corrupt = |reason: String| LogError::Corrupt {
                     segment: segment.index,
@@ -666,9 +679,9 @@ impl Log {
                         payload,
                         end,
                     } => {
-                        let record = Record::decode(type_code, payload)
+                        let record = Record::decode_in(segment.version, type_code, payload)
                             .map_err(|e| corrupt(format!("changed since recovery: {e}")))?;
-                        f(record);
+                        upgrade::hand_on(segment.version, record, f);
                         pos = end;
                     }
                     other => {
@@ -681,7 +694,8 @@ impl Log {
         Ok(())
     }
 
-    /// Records recovered plus appended (committed or not).
+    /// Records recovered plus appended (committed or not): as many as
+    /// [`Log::for_each_record`] hands on, upgraded records included.
     pub fn record_count(&self) -> u64 {
         self.record_count
     }

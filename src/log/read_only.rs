@@ -9,10 +9,10 @@
 //! caller says the tail needs no check ([`TailCheck`]): the owner of the
 //! store, whose recovery checked it and whose writer alone appends there.
 
-use super::format::DecodeError;
-use super::format::SegmentHeader;
+use super::format::{DecodeError, HeaderError, SegmentHeader};
 use super::segment::{self, ScanStop, TailCheck};
 use super::storage::{parse_segment_file_name, segment_file_name};
+use super::upgrade;
 use super::{Damage, LogError, Record, RecoveryReport};
 use memmap2::Mmap;
 use std::fs::File;
@@ -34,29 +34,58 @@ fn io(dir: &Path, op: String, source: std::io::Error) -> LogError {
     }
 }
 
-/// Calls `on_record` for every record of the store in `dir`, in log order.
-/// With `salvage`, damage is skipped (the rest of that segment is dropped
-/// and reported) instead of failing, as `Log::open` does with salvage.
+/// Calls `on_record` for every record of the store in `dir`, in log order,
+/// a lifecycle event of a version-1 segment followed by the typed record it
+/// stands for (see [`upgrade`]). With `salvage`, damage is skipped (the
+/// rest of that segment is dropped and reported) instead of failing, as
+/// `Log::open` does with salvage.
 pub fn read_only_scan(
     dir: &Path,
     salvage: bool,
     tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record),
 ) -> Result<RecoveryReport, LogError> {
-    read_only_scan_frames(dir, salvage, tail_check, &mut |type_code, payload| {
-        on_record(Record::decode(type_code, payload)?);
-        Ok(())
-    })
+    let mut upgraded = 0u64;
+    let mut report = scan_store(
+        dir,
+        salvage,
+        tail_check,
+        &mut |version, type_code, payload| {
+            let record = Record::decode_in(version, type_code, payload)?;
+            upgraded += upgrade::hand_on(version, record, on_record);
+            Ok(())
+        },
+    )?;
+    report.record_count += upgraded;
+    Ok(report)
 }
 
 /// [`read_only_scan`] for a caller that reads frames itself (see
 /// [`segment::scan_frames`]): certification reads `ShardDone` fields in
-/// place rather than building a [`Record`] per shard.
+/// place rather than building a [`Record`] per shard. Frames are handed on
+/// as they are, without the upgrade of version-1 events, and the report
+/// counts frames. A frame's type is checked against its segment's version
+/// first, so `on_frame` may decode with [`Record::decode`].
 pub fn read_only_scan_frames(
     dir: &Path,
     salvage: bool,
     tail_check: TailCheck,
     on_frame: &mut FrameVisitor<'_>,
+) -> Result<RecoveryReport, LogError> {
+    scan_store(dir, salvage, tail_check, &mut |_, type_code, payload| {
+        on_frame(type_code, payload)
+    })
+}
+
+/// Called with each valid frame's segment version, type code and payload.
+type VersionedFrameVisitor<'a> = dyn FnMut(u32, u8, &[u8]) -> Result<(), DecodeError> + 'a;
+
+/// The scan behind both: every segment of `dir`, in order.
+fn scan_store(
+    dir: &Path,
+    salvage: bool,
+    tail_check: TailCheck,
+    on_frame: &mut VersionedFrameVisitor<'_>,
 ) -> Result<RecoveryReport, LogError> {
     let mut indices = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| io(dir, "listing segments".into(), e))?;
@@ -85,47 +114,63 @@ pub fn read_only_scan_frames(
         let map = unsafe { Mmap::map(&file) }
             .map_err(|e| io(dir, format!("mapping segment {index}"), e))?;
         let bytes: &[u8] = &map;
-        if let Err(e) = SegmentHeader::parse(bytes, index, len) {
-            let reason = format!("bad segment header: {e}");
-            if salvage {
-                report.salvaged.push(Damage {
+        let header = match SegmentHeader::parse(bytes, index, len) {
+            Ok(header) => header,
+            Err(HeaderError::UnsupportedVersion { version }) => {
+                // As in recovery: a newer HXO wrote it, never skip it.
+                return Err(LogError::UnsupportedVersion {
+                    segment: index,
+                    version,
+                });
+            }
+            Err(e) => {
+                let reason = format!("bad segment header: {e}");
+                if salvage {
+                    report.salvaged.push(Damage {
+                        segment: index,
+                        offset: 0,
+                        bytes: len,
+                        reason,
+                    });
+                    continue;
+                }
+                return Err(LogError::Corrupt {
                     segment: index,
                     offset: 0,
-                    bytes: len,
                     reason,
                 });
-                continue;
             }
-            return Err(LogError::Corrupt {
-                segment: index,
-                offset: 0,
-                reason,
-            });
-        }
+        };
         // Pages already scanned are released as the scan goes, so reading a
         // store costs no more than a window of memory, however large.
         let mut released = 0usize;
-        let scan = segment::scan_frames(bytes, is_last, tail_check, &mut |code, payload, end| {
-            on_frame(code, payload)?;
-            if end - released >= RELEASE_WINDOW_BYTES {
-                let upto = end / PAGE_BYTES * PAGE_BYTES;
-                // SAFETY: MADV_DONTNEED on a read-only shared file mapping
-                // only drops our page-table entries; the next access (there
-                // is none for these bytes) would fault them back from the
-                // file. No reference into the range outlives this call: the
-                // scan has moved past it, and `on_frame` borrows a payload
-                // only for its call.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        released,
-                        upto - released,
-                    )
-                };
-                released = upto;
-            }
-            Ok(())
-        });
+        let scan = segment::scan_frames(
+            bytes,
+            header.version,
+            is_last,
+            tail_check,
+            &mut |code, payload, end| {
+                on_frame(header.version, code, payload)?;
+                if end - released >= RELEASE_WINDOW_BYTES {
+                    let upto = end / PAGE_BYTES * PAGE_BYTES;
+                    // SAFETY: MADV_DONTNEED on a read-only shared file mapping
+                    // only drops our page-table entries; the next access (there
+                    // is none for these bytes) would fault them back from the
+                    // file. No reference into the range outlives this call: the
+                    // scan has moved past it, and `on_frame` borrows a payload
+                    // only for its call.
+                    let _ = unsafe {
+                        map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            released,
+                            upto - released,
+                        )
+                    };
+                    released = upto;
+                }
+                Ok(())
+            },
+        );
         report.record_count += scan.record_count;
         report.segment_count += 1;
         match scan.stop {

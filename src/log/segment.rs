@@ -5,8 +5,10 @@
 //! Pure: it reads a byte slice and reports; the log decides what to write.
 
 use super::format::{
-    self, BadFrame, DecodeError, FrameRead, Record, FRAME_HEADER_SIZE, FRAME_OVERHEAD, HEADER_SIZE,
+    self, BadFrame, DecodeError, FrameRead, Record, RecordType, FRAME_HEADER_LEN, FRAME_OVERHEAD,
+    HEADER_LEN,
 };
+use super::upgrade;
 
 /// What a scan found after the last valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +34,31 @@ pub struct SegmentScan {
     /// Offset just after the last valid frame; the records before it are
     /// the segment's records whatever `stop` says.
     pub data_end: usize,
+    /// Records handed on: the valid frames, plus for the record-level
+    /// scans ([`scan`], [`scan_with_offsets`]) the records upgraded from
+    /// version-1 events.
     pub record_count: u64,
     pub stop: ScanStop,
 }
 
 /// Scans the record area of `segment` (the whole file's bytes, header
-/// already checked). `is_last` enables the torn-tail rules. Every valid
-/// record is decoded and handed to `on_record` in order.
-pub fn scan(segment: &[u8], is_last: bool, on_record: &mut dyn FnMut(Record)) -> SegmentScan {
-    scan_with_offsets(segment, is_last, TailCheck::Zeros, &mut |record, _| {
-        on_record(record)
-    })
+/// already checked: the segment is of format `version`). `is_last` enables
+/// the torn-tail rules. Every valid record is decoded and handed to
+/// `on_record` in order, each followed by the typed record it stands for
+/// if it is a version-1 lifecycle event (see [`super::upgrade`]).
+pub fn scan(
+    segment: &[u8],
+    version: u32,
+    is_last: bool,
+    on_record: &mut dyn FnMut(Record),
+) -> SegmentScan {
+    scan_with_offsets(
+        segment,
+        version,
+        is_last,
+        TailCheck::Zeros,
+        &mut |record, _| on_record(record),
+    )
 }
 
 /// What a scan checks after the end of data (a zero frame header).
@@ -58,22 +74,29 @@ pub enum TailCheck {
 }
 
 /// [`scan`], also telling `on_record` the offset just after each record (so
-/// a reader can release the pages behind it).
+/// a reader can release the pages behind it; an upgraded record gets the
+/// offset of the event it comes from).
 pub fn scan_with_offsets(
     segment: &[u8],
+    version: u32,
     is_last: bool,
     tail_check: TailCheck,
     on_record: &mut dyn FnMut(Record, usize),
 ) -> SegmentScan {
-    scan_frames(
+    let mut upgraded = 0u64;
+    let mut scan = scan_frames(
         segment,
+        version,
         is_last,
         tail_check,
         &mut |type_code, payload, end| {
-            on_record(Record::decode(type_code, payload)?, end);
+            let record = Record::decode_in(version, type_code, payload)?;
+            upgraded += upgrade::hand_on(version, record, &mut |r| on_record(r, end));
             Ok(())
         },
-    )
+    );
+    scan.record_count += upgraded;
+    scan
 }
 
 /// Called with each valid frame's type code, payload and end offset; an
@@ -83,14 +106,17 @@ pub type FrameAtVisitor<'a> = dyn FnMut(u8, &[u8], usize) -> Result<(), DecodeEr
 /// [`scan_with_offsets`] for a caller that reads frames itself: `on_frame`
 /// gets each valid frame's type code, payload and end offset, and decodes
 /// what it needs; a decode error it returns is damage, as in a full scan.
+/// A type code that does not exist in `version` is damage before
+/// `on_frame` sees it, so `on_frame` may decode with [`Record::decode`].
 pub fn scan_frames(
     segment: &[u8],
+    version: u32,
     is_last: bool,
     tail_check: TailCheck,
     on_frame: &mut FrameAtVisitor<'_>,
 ) -> SegmentScan {
-    assert!(segment.len() >= HEADER_SIZE, "header checked by the caller");
-    let mut pos = HEADER_SIZE;
+    assert!(segment.len() >= HEADER_LEN, "header checked by the caller");
+    let mut pos = HEADER_LEN;
     let mut record_count = 0u64;
     loop {
         let stop = match format::read_frame(segment, pos) {
@@ -98,7 +124,9 @@ pub fn scan_frames(
                 type_code,
                 payload,
                 end,
-            } => match on_frame(type_code, payload, end) {
+            } => match RecordType::from_code_in(type_code, version)
+                .and_then(|_| on_frame(type_code, payload, end))
+            {
                 Ok(()) => {
                     record_count += 1;
                     pos = end;
@@ -120,7 +148,7 @@ pub fn scan_frames(
             },
             FrameRead::Bad(bad) => {
                 let rest_zero_from = match bad {
-                    BadFrame::InconsistentLength { .. } => Some(pos + FRAME_HEADER_SIZE),
+                    BadFrame::InconsistentLength { .. } => Some(pos + FRAME_HEADER_LEN),
                     BadFrame::MissingMarker { len } => Some(pos + FRAME_OVERHEAD + len as usize),
                     _ => None,
                 };
@@ -154,17 +182,11 @@ fn damaged(segment: &[u8], offset: usize, reason: String) -> ScanStop {
 
 #[cfg(test)]
 mod tests {
-    use super::super::format::{encode_frame, tests::one_of_each, SegmentHeader};
+    use super::super::format::{encode_frame, tests::one_of_each, SegmentHeader, FORMAT_VERSION};
     use super::*;
 
     fn segment_of(records: &[Record], size: usize) -> (Vec<u8>, Vec<usize>) {
-        let mut s = SegmentHeader {
-            index: 0,
-            size_bytes: size as u64,
-            generation: 0,
-        }
-        .encode()
-        .to_vec();
+        let mut s = SegmentHeader::new(0, size as u64, 0).encode().to_vec();
         let mut starts = Vec::new();
         let mut frame = Vec::new();
         for r in records {
@@ -178,7 +200,7 @@ mod tests {
     }
 
     fn count(segment: &[u8], is_last: bool) -> SegmentScan {
-        scan(segment, is_last, &mut |_| {})
+        scan(segment, FORMAT_VERSION, is_last, &mut |_| {})
     }
 
     #[test]
@@ -188,7 +210,13 @@ mod tests {
         let data_end = *starts.last().unwrap();
         s[data_end + 100] = 7;
         let unchecked = |is_last| {
-            scan_with_offsets(&s, is_last, TailCheck::LastSegmentUnchecked, &mut |_, _| {})
+            scan_with_offsets(
+                &s,
+                FORMAT_VERSION,
+                is_last,
+                TailCheck::LastSegmentUnchecked,
+                &mut |_, _| {},
+            )
         };
         let live = unchecked(true);
         assert_eq!(live.stop, ScanStop::Clean);
@@ -206,7 +234,7 @@ mod tests {
         let records = one_of_each();
         let (s, starts) = segment_of(&records, 4096);
         let mut seen = Vec::new();
-        let result = scan(&s, true, &mut |r| seen.push(r));
+        let result = scan(&s, FORMAT_VERSION, true, &mut |r| seen.push(r));
         assert_eq!(seen, records);
         assert_eq!(result.stop, ScanStop::Clean);
         assert_eq!(result.data_end, *starts.last().unwrap());
@@ -273,6 +301,44 @@ mod tests {
     }
 
     #[test]
+    fn a_type_newer_than_the_segment_is_damage() {
+        let records = one_of_each();
+        let first_v2 = records
+            .iter()
+            .position(|r| r.record_type().since_version() == 2)
+            .unwrap();
+        // The same bytes under a version-1 header: the frames of version 1
+        // types read, the first newer one is damage, at every scan level.
+        let (mut s, starts) = segment_of(&records, 4096);
+        let v1 = SegmentHeader {
+            version: 1,
+            ..SegmentHeader::new(0, 4096, 0)
+        };
+        s[..HEADER_LEN].copy_from_slice(&v1.encode());
+        let mut seen = Vec::new();
+        let r = scan(&s, 1, true, &mut |r| seen.push(r));
+        assert_eq!(seen, records[..first_v2]);
+        assert_eq!(r.data_end, starts[first_v2]);
+        let ScanStop::Damaged { offset, reason, .. } = r.stop else {
+            panic!("{r:?}");
+        };
+        assert_eq!(offset, starts[first_v2]);
+        assert_eq!(
+            reason,
+            "record does not decode: record type 10 does not exist in format version 1"
+        );
+        let mut frames = 0;
+        let r = scan_frames(&s, 1, true, TailCheck::Zeros, &mut |_, _, _| {
+            frames += 1;
+            Ok(())
+        });
+        assert_eq!(frames, first_v2);
+        assert!(matches!(r.stop, ScanStop::Damaged { .. }));
+        // Read as version 2, everything is there.
+        assert_eq!(count(&s, true).record_count, records.len() as u64);
+    }
+
+    #[test]
     fn undecodable_payload_with_good_crc_is_damage() {
         let (mut s, starts) = segment_of(&one_of_each()[..1], 4096);
         // Change the type to ShardDone and fix the CRC: a bug, not a tear.
@@ -281,7 +347,7 @@ mod tests {
         let len = u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
         let crc = format::frame_crc(
             len,
-            &s[at + format::FRAME_TYPE_OFFSET..at + FRAME_HEADER_SIZE + len as usize],
+            &s[at + format::FRAME_TYPE_OFFSET..at + FRAME_HEADER_LEN + len as usize],
         );
         s[at + format::FRAME_CRC_OFFSET..at + format::FRAME_CRC_OFFSET + 4]
             .copy_from_slice(&crc.to_le_bytes());

@@ -11,12 +11,11 @@
 //!
 //! Segments are read through shared, read-only memory maps and written with
 //! positional writes (`pwrite`) of whole batches of frames, made durable
-//! with `fdatasync`. Writing through the map was measured slower: each
-//! first touch of a page is a fault, and each `msync` write-protects every
-//! dirty page again with a TLB shootdown sent to every core the process
-//! runs on (a tenth of the CPU time of a 10^6-shard run; see
-//! BENCHMARKS.md). Reads through the map see the writes at once: both go
-//! through the same page cache.
+//! with `fdatasync`, not written through the map: there each first touch of
+//! a page is a fault, and each `msync` write-protects every dirty page
+//! again with a TLB shootdown sent to every core the process runs on.
+//! Reads through the map see the writes at once: both go through the same
+//! page cache.
 //!
 //! A map is sound only while no one truncates the mapped file or writes it
 //! behind our back: a truncation turns accesses past the new end into

@@ -1,12 +1,13 @@
 //! Log-level tests: crash consistency against a model, torn tails on real
-//! files, bit flips, full disks, salvage, the lock, the golden v1 store.
+//! files, bit flips, full disks, salvage, the lock, the golden v1 and v2
+//! stores, version-1 stores and the upgrade of their lifecycle events.
 //! Shared helpers for the other modules' tests live here too.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::format::{self, encode_frame, Record, HEADER_SIZE};
+use super::format::{self, encode_frame, Record, HEADER_LEN};
 use super::storage::{Faults, MemDisk, MemStorage, Storage};
 use super::{Log, LogError, LogOptions, RecoveryReport};
 
@@ -442,7 +443,8 @@ fn torn_tail_on_real_files_recovers_a_prefix_at_every_byte() {
     segments.sort();
     let last_path = segments.last().unwrap().clone();
     let original = fs::read(&last_path).unwrap();
-    let data_end = super::segment::scan(&original, true, &mut |_| {}).data_end;
+    let data_end =
+        super::segment::scan(&original, format::FORMAT_VERSION, true, &mut |_| {}).data_end;
     // Frame ends of the last `tail_len` records, from the encoder.
     let mut frame = Vec::new();
     let tail = &records[records.len() - tail_len as usize..];
@@ -502,7 +504,7 @@ fn frame_table(disk: &MemDisk) -> Vec<(u64, usize, usize)> {
     let mut table = Vec::new();
     for index in disk.durable_segments() {
         let bytes = disk.durable_segment(index).unwrap();
-        let mut pos = HEADER_SIZE;
+        let mut pos = HEADER_LEN;
         while let format::FrameRead::Frame { end, .. } = format::read_frame(&bytes, pos) {
             table.push((index, pos, end));
             pos = end;
@@ -563,8 +565,8 @@ fn any_single_bit_flip_is_detected_and_salvage_continues() {
             .filter(|f| f.0 == index)
             .map(|f| f.2)
             .max()
-            .unwrap_or(HEADER_SIZE);
-        targets.extend((0..HEADER_SIZE).map(|b| (index, b)));
+            .unwrap_or(HEADER_LEN);
+        targets.extend((0..HEADER_LEN).map(|b| (index, b)));
         targets.extend((data_end..(data_end + 32).min(bytes.len())).map(|b| (index, b)));
         for _ in 0..40 {
             targets.push((index, rng.below(bytes.len() as u64) as usize));
@@ -583,7 +585,7 @@ fn any_single_bit_flip_is_detected_and_salvage_continues() {
                     // Only a flip outside the written records may go
                     // unreported, and then nothing may change.
                     assert!(
-                        in_frame.is_none() && byte >= HEADER_SIZE,
+                        in_frame.is_none() && byte >= HEADER_LEN,
                         "{context}: undetected"
                     );
                     assert_eq!(recovered, records, "{context}");
@@ -605,7 +607,7 @@ fn any_single_bit_flip_is_detected_and_salvage_continues() {
                     assert_eq!(report.salvaged[0].segment, index);
                     let dropped_from = match in_frame {
                         Some(i) => table.iter().position(|f| f.0 == index && f.1 >= table[i].1),
-                        None if byte < HEADER_SIZE => table.iter().position(|f| f.0 == index),
+                        None if byte < HEADER_LEN => table.iter().position(|f| f.0 == index),
                         None => None,
                     };
                     let expected: Vec<Record> = records
@@ -657,7 +659,7 @@ fn salvaged_store_stays_damaged_until_compacted() {
     // Flip a bit in the middle of segment 1.
     let path = tmp.path().join("00000001.seg");
     let mut bytes = fs::read(&path).unwrap();
-    bytes[HEADER_SIZE + 500] ^= 0x08;
+    bytes[HEADER_LEN + 500] ^= 0x08;
     fs::write(&path, &bytes).unwrap();
     let err = Log::open(tmp.path(), MODEL_OPTS).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { segment: 1, .. }), "{err}");
@@ -951,32 +953,54 @@ fn segment_size_is_per_segment() {
 }
 
 #[test]
-fn a_newer_format_version_is_refused_even_when_salvaging() {
-    let storage = MemStorage::new();
-    let disk = storage.disk();
-    let (mut log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
+fn an_unknown_format_version_is_refused_even_when_salvaging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
     fill(&mut log, 0, 3);
     log.commit().unwrap();
     drop(log);
-    let mut header = format::SegmentHeader::parse(&disk.durable_segment(0).unwrap(), 0, 4096)
-        .unwrap()
-        .encode();
-    header[format::HEADER_VERSION_OFFSET] = 2;
-    let crc = crc32c::crc32c(&header[..format::HEADER_CRC_OFFSET]);
-    header[format::HEADER_CRC_OFFSET..format::HEADER_USED_END].copy_from_slice(&crc.to_le_bytes());
-    let mut image = disk.crash(0);
-    image.write_at(0, 0, &header).unwrap();
-    let err = Log::open_with(Box::new(image), SALVAGE_OPTS).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LogError::UnsupportedVersion {
-                segment: 0,
-                version: 2
-            }
-        ),
-        "{err}"
-    );
+    let path = tmp.path().join("00000000.seg");
+    let bytes = fs::read(&path).unwrap();
+    for version in [0, format::FORMAT_VERSION + 1] {
+        let mut header = format::SegmentHeader::parse(&bytes, 0, 4096)
+            .unwrap()
+            .encode();
+        header[format::HEADER_VERSION_OFFSET..format::HEADER_LEN_OFFSET]
+            .copy_from_slice(&version.to_le_bytes());
+        let crc = crc32c::crc32c(&header[..format::HEADER_CRC_OFFSET]);
+        header[format::HEADER_CRC_OFFSET..format::HEADER_USED_END]
+            .copy_from_slice(&crc.to_le_bytes());
+        let mut image = disk_image(&bytes);
+        image.write_at(0, 0, &header).unwrap();
+        let err = Log::open_with(Box::new(image), SALVAGE_OPTS).unwrap_err();
+        assert!(
+            matches!(err, LogError::UnsupportedVersion { segment: 0, version: v } if v == version),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "checkpoint segment 0 has format version {version}, this build reads versions 1 to 2"
+            )
+        );
+        // A reader without the lock refuses it too.
+        fs::write(&path, [&header[..], &bytes[format::HEADER_LEN..]].concat()).unwrap();
+        let err = super::read_only_scan(tmp.path(), true, super::TailCheck::Zeros, &mut |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(err, LogError::UnsupportedVersion { segment: 0, version: v } if v == version),
+            "{err}"
+        );
+    }
+}
+
+/// A storage holding one segment, `bytes`, as it was on disk.
+fn disk_image(bytes: &[u8]) -> MemStorage {
+    let mut storage = MemStorage::new();
+    storage
+        .create_segment(0, bytes.len() as u64, bytes)
+        .unwrap();
+    storage
 }
 
 #[test]
@@ -994,21 +1018,45 @@ fn a_second_open_of_the_store_fails_naming_this_pid() {
     );
 }
 
-// ---- Golden v1 store ---------------------------------------------------
+// ---- Golden stores -----------------------------------------------------
 
-const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/logs/v1");
+/// The golden store written by a version-1 build: kept byte for byte.
+const GOLDEN_V1_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/logs/v1");
+/// The golden store written by this build's version.
+const GOLDEN_V2_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/logs/v2");
 
-/// The records of the golden store: one of each type, then enough
-/// `ShardDone`s to roll over into a second 4 KiB segment.
-fn golden_records() -> Vec<Record> {
+/// The records of the golden v1 store: one of each version-1 type, then
+/// enough `ShardDone`s to roll over into a second 4 KiB segment.
+fn golden_v1_records() -> Vec<Record> {
+    let mut records = format::tests::one_of_each_v1();
+    records.extend((0..40).map(|i| shard_done_with(5, i, 1)));
+    records
+}
+
+/// What this build reads from the golden v1 store: its records, each
+/// followed by the typed record its upgrade yields (none: it holds no
+/// lifecycle event, which the golden v1 test checks too).
+fn golden_v1_read() -> Vec<Record> {
+    golden_v1_records()
+        .into_iter()
+        .flat_map(|r| {
+            let typed = super::upgrade::upgrade(1, &r);
+            std::iter::once(r).chain(typed)
+        })
+        .collect()
+}
+
+/// The records of the golden v2 store: one of every type, then the same
+/// `ShardDone`s as in v1.
+fn golden_v2_records() -> Vec<Record> {
     let mut records = format::tests::one_of_each();
     records.extend((0..40).map(|i| shard_done_with(5, i, 1)));
     records
 }
 
-fn golden_files() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = fs::read_dir(GOLDEN_DIR)
-        .expect("fixtures/logs/v1 exists (regenerate with HXO_REGEN_GOLDEN=1)")
+fn golden_files(dir: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
         .map(|e| {
@@ -1022,16 +1070,27 @@ fn golden_files() -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// Writes the golden store. Run once per format version, by hand:
-/// `HXO_REGEN_GOLDEN=1 cargo test golden`, then commit the files.
-fn regenerate_golden(dir: &Path) {
+/// A copy of a golden store in a fresh directory (the fixture is never
+/// opened for writing).
+fn golden_copy(dir: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes) in golden_files(dir) {
+        fs::write(tmp.path().join(name), bytes).unwrap();
+    }
+    tmp
+}
+
+/// Writes the golden store of this build's version. Run once per format
+/// version, by hand: `HXO_REGEN_GOLDEN=1 cargo test golden_v2`, then commit
+/// the files. A golden store of an older version is never rewritten.
+fn regenerate_golden_v2(dir: &Path) {
     fs::create_dir_all(dir).unwrap();
     for entry in fs::read_dir(dir).unwrap() {
         fs::remove_file(entry.unwrap().path()).unwrap();
     }
     {
         let (mut log, _) = Log::open(dir, MODEL_OPTS).unwrap();
-        for r in golden_records() {
+        for r in golden_v2_records() {
             log.append(&r).unwrap();
         }
         log.commit().unwrap();
@@ -1039,32 +1098,76 @@ fn regenerate_golden(dir: &Path) {
     fs::remove_file(dir.join(super::lock::LOCK_FILE_NAME)).unwrap();
 }
 
+/// Header versions of the segment files of `dir`, in index order.
+fn segment_versions(dir: &Path) -> Vec<u32> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let bytes = fs::read(p).unwrap();
+            u32::from_le_bytes(
+                bytes[format::HEADER_VERSION_OFFSET..format::HEADER_LEN_OFFSET]
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn golden_v1_store_still_recovers() {
-    if std::env::var("HXO_REGEN_GOLDEN").is_ok_and(|v| v == "1") {
-        regenerate_golden(Path::new(GOLDEN_DIR));
-    }
-    let files = golden_files();
-    assert_eq!(files.len(), 2, "the golden store has two segments");
-    let tmp = tempfile::tempdir().unwrap();
-    for (name, bytes) in &files {
-        fs::write(tmp.path().join(name), bytes).unwrap();
-    }
+    let files = golden_files(GOLDEN_V1_DIR);
+    assert_eq!(files.len(), 2, "the golden v1 store has two segments");
+    let tmp = golden_copy(GOLDEN_V1_DIR);
+    assert_eq!(segment_versions(tmp.path()), [1, 1]);
     let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
     assert_eq!(report.torn_tail, None);
     assert!(report.salvaged.is_empty());
     assert_eq!(report.segment_count, 2);
-    assert_eq!(read_all(&mut log), golden_records());
+    let expected = golden_v1_read();
+    assert_eq!(expected, golden_v1_records(), "no lifecycle event in it");
+    assert_eq!(report.record_count, expected.len() as u64);
+    assert_eq!(read_all(&mut log), expected);
+    drop(log);
+    let mut read = Vec::new();
+    super::read_only_scan(tmp.path(), false, super::TailCheck::Zeros, &mut |r| {
+        read.push(r)
+    })
+    .unwrap();
+    assert_eq!(read, expected);
+    // Opening and reading wrote nothing.
+    assert_eq!(golden_files(tmp.path().to_str().unwrap()), files);
 }
 
 #[test]
-fn this_writer_still_writes_v1_bytes() {
-    // Bump FORMAT_VERSION and this test changes on purpose; the one above
-    // must keep passing for v1 forever.
+fn golden_v2_store_still_recovers() {
+    if std::env::var("HXO_REGEN_GOLDEN").is_ok_and(|v| v == "1") {
+        regenerate_golden_v2(Path::new(GOLDEN_V2_DIR));
+    }
+    let files = golden_files(GOLDEN_V2_DIR);
+    assert_eq!(files.len(), 2, "the golden v2 store has two segments");
+    let tmp = golden_copy(GOLDEN_V2_DIR);
+    assert_eq!(segment_versions(tmp.path()), [2, 2]);
+    let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(report.torn_tail, None);
+    assert!(report.salvaged.is_empty());
+    assert_eq!(report.segment_count, 2);
+    assert_eq!(read_all(&mut log), golden_v2_records());
+}
+
+#[test]
+fn this_writer_still_writes_v2_bytes() {
+    // Bump FORMAT_VERSION and this test changes on purpose (a new golden
+    // store); the golden tests above must keep passing forever.
     let storage = MemStorage::new();
     let disk = storage.disk();
     let (mut log, _) = Log::open_with(Box::new(storage), MODEL_OPTS).unwrap();
-    for r in golden_records() {
+    for r in golden_v2_records() {
         log.append(&r).unwrap();
     }
     log.commit().unwrap();
@@ -1073,9 +1176,350 @@ fn this_writer_still_writes_v1_bytes() {
         .into_iter()
         .map(|i| disk.durable_segment(i).unwrap())
         .collect();
-    let golden: Vec<Vec<u8>> = golden_files().into_iter().map(|(_, b)| b).collect();
+    let golden: Vec<Vec<u8>> = golden_files(GOLDEN_V2_DIR)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     assert!(
         written == golden,
-        "the writer's bytes differ from tests/golden/v1"
+        "the writer's bytes differ from fixtures/logs/v2"
     );
+}
+
+#[test]
+fn appends_to_a_v1_store_go_to_a_new_v2_segment() {
+    let tmp = golden_copy(GOLDEN_V1_DIR);
+    let v1_files = golden_files(GOLDEN_V1_DIR);
+    let mut expected = golden_v1_read();
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    // Opening alone creates nothing.
+    assert_eq!(log.segment_count(), 2);
+    let appended = [
+        shard_done_with(6, 0, 1),
+        Record::PlanHeld {
+            plan_id: [6; 16],
+            at_ms: 7,
+        },
+    ];
+    for r in &appended {
+        log.append(r).unwrap();
+    }
+    log.commit().unwrap();
+    expected.extend(appended.iter().cloned());
+    assert_eq!(log.segment_count(), 3);
+    assert_eq!(read_all(&mut log), expected);
+    drop(log);
+    // The v1 segments are untouched, though the last one had room.
+    assert_eq!(segment_versions(tmp.path()), [1, 1, 2]);
+    let now = golden_files(tmp.path().to_str().unwrap());
+    assert_eq!(now[..2], v1_files[..]);
+    let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(report.record_count, expected.len() as u64);
+    assert_eq!(read_all(&mut log), expected);
+    // Later appends stay in the v2 segment.
+    log.append(&shard_done_with(6, 1, 1)).unwrap();
+    log.commit().unwrap();
+    assert_eq!(log.segment_count(), 3);
+}
+
+// ---- Version-1 stores and the lifecycle upgrade -------------------------
+
+/// Writes `segments` into `dir` as a version-1 build wrote them: one 4 KiB
+/// segment file per slice, generation 0. Frames of types 1 to 9 are the
+/// same bytes in both versions (the golden stores show it), so only the
+/// header differs from what this build writes.
+fn write_v1_store(dir: &Path, segments: &[&[Record]]) {
+    for (index, records) in segments.iter().enumerate() {
+        let header = format::SegmentHeader {
+            version: 1,
+            ..format::SegmentHeader::new(index as u64, 4096, 0)
+        };
+        let mut bytes = header.encode().to_vec();
+        let mut frame = Vec::new();
+        for r in *records {
+            encode_frame(r, &mut frame).unwrap();
+            bytes.extend_from_slice(&frame);
+        }
+        assert!(bytes.len() <= 4096, "segment {index} overflows");
+        bytes.resize(4096, 0);
+        fs::write(
+            dir.join(super::storage::segment_file_name(index as u64)),
+            bytes,
+        )
+        .unwrap();
+    }
+}
+
+const LIFECYCLE_PLAN: &str = "0c0ffee0-1234-4abc-8def-0123456789ab";
+
+fn lifecycle_plan_id() -> format::PlanId {
+    uuid::Uuid::parse_str(LIFECYCLE_PLAN).unwrap().into_bytes()
+}
+
+/// A `ShardDone` of the lifecycle plan.
+fn lifecycle_done(leaf_index: u64) -> Record {
+    let Record::ShardDone {
+        cas_id,
+        output_digest,
+        attempts,
+        duration_us,
+        ..
+    } = shard_done(leaf_index)
+    else {
+        unreachable!()
+    };
+    Record::ShardDone {
+        plan_id: lifecycle_plan_id(),
+        leaf_index,
+        cas_id,
+        output_digest,
+        attempts,
+        duration_us,
+    }
+}
+
+fn plan_event(seq: u64, payload_json: String) -> Record {
+    Record::Event {
+        seq,
+        at_ms: 1000 + seq,
+        topic: "hxo.plan".to_owned(),
+        payload_json,
+    }
+}
+
+fn status_event(seq: u64, status: &str) -> Record {
+    plan_event(
+        seq,
+        format!(
+            r#"{{"plan_id":"{LIFECYCLE_PLAN}","status":"{status}","submitted_by":"ops","total_shards":2}}"#
+        ),
+    )
+}
+
+/// A version-1 history with an event of every lifecycle status (and some
+/// that stand for nothing), over two segments, and what a reader of this
+/// build sees: each lifecycle event followed by its typed record.
+fn v1_lifecycle_history() -> (Vec<Record>, Vec<Record>, Vec<Record>) {
+    let plan_id = lifecycle_plan_id();
+    let root = crate::hash::sha256(b"lifecycle root");
+    let accepted = Record::PlanAccepted {
+        plan_id,
+        accepted_at_ms: 999,
+        shard_count: 2,
+        manifest_json: "{}".to_owned(),
+    };
+    let certify = Record::Event {
+        seq: 9,
+        at_ms: 1009,
+        topic: "hxo.aggregate.certify".to_owned(),
+        payload_json: format!(
+            r#"{{"plan_id":"{LIFECYCLE_PLAN}","root":"{}","tree_size":2,"truth_certified":true,"proofs_checked":2}}"#,
+            crate::hash::to_hex(&root)
+        ),
+    };
+    let first = vec![
+        accepted.clone(),
+        status_event(1, "created"),
+        status_event(2, "submitted"),
+        status_event(3, "running"),
+        lifecycle_done(0),
+        status_event(4, "interrupted"),
+        plan_event(5, "not json".to_owned()),
+    ];
+    let second = vec![
+        status_event(6, "rehydrated"),
+        lifecycle_done(1),
+        certify.clone(),
+        Record::PlanFinished {
+            plan_id,
+            at_ms: 1010,
+            tree_size: 2,
+            root,
+            done_count: 2,
+            failed_count: 0,
+        },
+    ];
+    let at = |seq: u64| 1000 + seq;
+    let expected = vec![
+        accepted,
+        status_event(1, "created"),
+        Record::PlanHeld {
+            plan_id,
+            at_ms: at(1),
+        },
+        status_event(2, "submitted"),
+        Record::PlanSubmitted {
+            plan_id,
+            at_ms: at(2),
+            actor: "ops".to_owned(),
+        },
+        status_event(3, "running"),
+        Record::PlanRunStarted {
+            plan_id,
+            at_ms: at(3),
+            cause: format::RunCause::Start,
+        },
+        lifecycle_done(0),
+        status_event(4, "interrupted"),
+        plan_event(5, "not json".to_owned()),
+        status_event(6, "rehydrated"),
+        Record::PlanRunStarted {
+            plan_id,
+            at_ms: at(6),
+            cause: format::RunCause::Resume,
+        },
+        lifecycle_done(1),
+        certify,
+        Record::PlanCertified {
+            plan_id,
+            at_ms: at(9),
+            tree_size: 2,
+            root,
+            certified: true,
+            proofs_checked: 2,
+        },
+        second[3].clone(),
+    ];
+    (first, second, expected)
+}
+
+fn read_only_all(dir: &Path) -> (RecoveryReport, Vec<Record>) {
+    let mut records = Vec::new();
+    let report = super::read_only_scan(dir, false, super::TailCheck::Zeros, &mut |r| {
+        records.push(r)
+    })
+    .unwrap();
+    (report, records)
+}
+
+#[test]
+fn a_v1_store_reads_back_its_lifecycle_events_as_typed_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second, expected) = v1_lifecycle_history();
+    write_v1_store(tmp.path(), &[&first, &second]);
+    // Every record-level read: the owner's recovery and for_each_record...
+    let (mut log, report) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(report.record_count, expected.len() as u64);
+    assert_eq!(log.record_count(), expected.len() as u64);
+    assert_eq!(read_all(&mut log), expected);
+    drop(log);
+    // ...and a reader without the lock.
+    let (report, read) = read_only_all(tmp.path());
+    assert_eq!(read, expected);
+    assert_eq!(report.record_count, expected.len() as u64);
+    // Frame-level scans see the frames as written.
+    let mut frames = 0u64;
+    let report =
+        super::read_only_scan_frames(tmp.path(), false, super::TailCheck::Zeros, &mut |_, _| {
+            frames += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(frames, (first.len() + second.len()) as u64);
+    assert_eq!(report.record_count, frames);
+}
+
+#[test]
+fn v2_events_are_never_upgraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second, _) = v1_lifecycle_history();
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    for r in first.iter().chain(&second) {
+        log.append(r).unwrap();
+    }
+    log.commit().unwrap();
+    let written: Vec<Record> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(read_all(&mut log), written);
+    drop(log);
+    assert_eq!(read_only_all(tmp.path()).1, written);
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(read_all(&mut log), written);
+}
+
+#[test]
+fn a_v2_record_type_in_a_v1_segment_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let held = Record::PlanHeld {
+        plan_id: [1; 16],
+        at_ms: 2,
+    };
+    write_v1_store(tmp.path(), &[&[shard_done(0), held]]);
+    let offset = (format::HEADER_LEN
+        + format::FRAME_OVERHEAD
+        + format::SHARD_DONE_PAYLOAD_LEN as usize) as u64;
+    let check = |err: LogError| match err {
+        LogError::Corrupt {
+            segment: 0,
+            offset: at,
+            reason,
+        } => {
+            assert_eq!(at, offset);
+            assert!(
+                reason.contains("record type 10 does not exist in format version 1"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other}"),
+    };
+    check(Log::open(tmp.path(), MODEL_OPTS).unwrap_err());
+    check(
+        super::read_only_scan(tmp.path(), false, super::TailCheck::Zeros, &mut |_| {}).unwrap_err(),
+    );
+    check(
+        super::read_only_scan_frames(tmp.path(), false, super::TailCheck::Zeros, &mut |_, _| {
+            Ok(())
+        })
+        .unwrap_err(),
+    );
+    // Salvage keeps the record before it and appends to a new v2 segment.
+    let (mut log, report) = Log::open(tmp.path(), SALVAGE_OPTS).unwrap();
+    assert_eq!(report.salvaged.len(), 1);
+    assert_eq!(read_all(&mut log), vec![shard_done(0)]);
+}
+
+#[test]
+fn compacting_a_v1_store_keeps_its_lifecycle_as_typed_records_in_v2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, mut second, mut expected) = v1_lifecycle_history();
+    // A superseded outcome, so that compaction has something to drop.
+    let plan_id = lifecycle_plan_id();
+    let superseded = Record::ShardFailed {
+        plan_id,
+        leaf_index: 1,
+        cas_id: [1; 32],
+        attempts: 1,
+        duration_us: 5,
+        aborted: false,
+        error: "first try".to_owned(),
+    };
+    second.insert(0, superseded.clone());
+    write_v1_store(tmp.path(), &[&first, &second]);
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    let before = read_all(&mut log);
+    drop(log);
+    assert!(before.contains(&superseded));
+    let report = super::compact(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(report.records_before, before.len() as u64);
+    assert_eq!(report.records_after, expected.len() as u64);
+    assert!(segment_versions(tmp.path()).iter().all(|&v| v == 2));
+    // The compacted store holds the events and their typed records as
+    // written records, read once (version 2 is never upgraded again).
+    let (mut log, recovery) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    assert_eq!(recovery.record_count, expected.len() as u64);
+    assert_eq!(read_all(&mut log), expected);
+    drop(log);
+    assert_eq!(read_only_all(tmp.path()).1, expected);
+    let mut frames = 0usize;
+    super::read_only_scan_frames(tmp.path(), false, super::TailCheck::Zeros, &mut |_, _| {
+        frames += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(frames, expected.len());
+    // And it takes appends like any store.
+    let (mut log, _) = Log::open(tmp.path(), MODEL_OPTS).unwrap();
+    log.append(&shard_done(7)).unwrap();
+    log.commit().unwrap();
+    expected.push(shard_done(7));
+    assert_eq!(read_all(&mut log), expected);
 }

@@ -20,8 +20,7 @@
 //!
 //! A group is handed on as the batches it was submitted in, not copied
 //! into one vector: at `COMMIT_RECORDS_MAX` records that vector would be
-//! megabytes, grown and faulted in afresh per commit (a quarter of the
-//! writer's time in a 10^6-shard run).
+//! megabytes, grown and faulted in afresh per commit.
 //!
 //! Termination: [`Writer::finish`] closes the channel; the thread drains
 //! what is queued, commits, and returns the log. Dropping a `Writer` does
