@@ -3,6 +3,7 @@
 
 mod crash;
 mod deploy;
+mod golden;
 mod http;
 mod lifecycle;
 mod merkle;
