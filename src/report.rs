@@ -140,6 +140,14 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// The plan's recorded end, if it carries a root: a worker's slice
+/// records its end but has no root of its own.
+fn root_of(plan: &PlanRecord) -> Option<&crate::store::Finish> {
+    plan.finished
+        .as_ref()
+        .filter(|_| plan.manifest.worker.is_none())
+}
+
 /// The report of a plan whose lifecycle status is `status`.
 pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
     let counts = plan.counts();
@@ -238,8 +246,8 @@ pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
         failed_shards: counts.failed + counts.aborted,
         aborted_shards: counts.aborted,
         reused_shards: counts.reused,
-        merkle_root: plan.finished.as_ref().map(|f| to_hex(&f.root)),
-        tree_size: plan.finished.as_ref().map_or(0, |f| f.tree_size),
+        merkle_root: root_of(plan).map(|f| to_hex(&f.root)),
+        tree_size: root_of(plan).map_or(0, |f| f.tree_size),
         truth_certified: plan.truth_certified(),
         started_at: rfc3339(plan.accepted_at_ms),
         finished_at: plan.finished.as_ref().map(|f| rfc3339(f.at_ms)),
@@ -307,7 +315,7 @@ pub fn status(plan: &PlanRecord, live: Live, status: &str) -> Status {
         running_shards: running,
         done_shards: counts.done,
         failed_shards: counts.failed + counts.aborted,
-        merkle_root: plan.finished.as_ref().map(|f| to_hex(&f.root)),
+        merkle_root: root_of(plan).map(|f| to_hex(&f.root)),
         truth_certified: plan.truth_certified(),
         eta_seconds,
     }

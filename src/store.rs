@@ -190,6 +190,24 @@ impl PlanRecord {
         })
     }
 
+    /// Shards still without an outcome that this store's run owns: all of
+    /// the plan's, or a worker's own slice of them.
+    pub fn owned_pending_count(&self) -> u64 {
+        let Some(worker) = self.manifest.worker else {
+            return self.pending_count();
+        };
+        let mut pending = 0;
+        for stage in &self.manifest.stages {
+            for position in (0..stage.shard_count).filter(|p| worker.owns(*p)) {
+                let slot = self.shards.get((stage.first_leaf + position) as usize);
+                if slot.is_some_and(|slot| slot.state == SlotState::Pending) {
+                    pending += 1;
+                }
+            }
+        }
+        pending
+    }
+
     /// The latest root is the one a certification vouched for.
     pub fn truth_certified(&self) -> bool {
         match (&self.finished, &self.certified_root) {
@@ -309,7 +327,9 @@ impl PlanRecord {
             Record::PlanReplayed { .. } => {
                 // A replay re-runs failed and aborted shards; the shards
                 // downstream of them never ran, so they are pending already.
+                // A plan replayed is submitted, whatever it was.
                 self.replays += 1;
+                self.held = false;
                 self.aborted = None;
                 self.finished = None;
                 for leaf in 0..self.shard_count() {
@@ -341,6 +361,7 @@ impl PlanRecord {
             Record::PlanHeld { .. } => self.held = true,
             Record::PlanSubmitted { .. } => self.held = false,
             Record::PlanRunStarted { cause, .. } => {
+                self.held = false;
                 self.run_starts += 1;
                 if *cause == RunCause::Resume {
                     self.rehydrations += 1;

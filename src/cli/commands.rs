@@ -691,9 +691,11 @@ fn gc(global: &GlobalArgs) -> Result<u8, CliError> {
 /// as interrupted (the next start rehydrates them), closes the store and
 /// exits 130 if a plan was interrupted, else 0.
 fn serve(global: &GlobalArgs, bind: String, root: PathBuf) -> Result<u8, CliError> {
+    let config = ServiceConfig { bind, root };
+    Service::check(&settings(global)?, &config)?;
     let engine = open_engine(global)?;
     signals::install();
-    let service = match Service::start(engine.clone(), ServiceConfig { bind, root }) {
+    let service = match Service::start(engine.clone(), config) {
         Ok(service) => service,
         Err(error) => {
             engine.close()?;

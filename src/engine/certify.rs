@@ -200,12 +200,13 @@ impl Engine {
     /// the recorded root (`hxo verify`).
     pub fn verify(&self, plan_id: &PlanId) -> Result<Verification, EngineError> {
         let entry = self.entry(plan_id)?;
-        let recorded = entry
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finished
-            .clone();
+        let recorded = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            // A worker's slice has no root to verify: `hxo merge` makes one.
+            plan.finished
+                .clone()
+                .filter(|_| plan.manifest.worker.is_none())
+        };
         let Some(finish) = recorded else {
             return Err(EngineError::NoRoot {
                 plan_id: plan_id_text(plan_id),
@@ -261,7 +262,11 @@ impl Engine {
                 cas_id: cas_text.to_string(),
                 reason,
             })?;
-        let Some(finish) = plan.finished.clone() else {
+        let root = plan
+            .finished
+            .clone()
+            .filter(|_| plan.manifest.worker.is_none());
+        let Some(finish) = root else {
             let status = super::lifecycle::status_of(&plan, false);
             drop(plan);
             let status = if self.is_running(plan_id) {

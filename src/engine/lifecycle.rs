@@ -31,7 +31,7 @@
 //! [`super::EngineError::WrongState`] and changes nothing (HTTP 409, CLI
 //! exit 2).
 //!
-//! INVARIANT: a plan is `Running` exactly while a [`super::run::RunSlot`]
+//! INVARIANT: a plan is `Running` exactly while a [`RunTicket`]
 //! for it is registered in its engine; every other state is a function of
 //! the durable records alone, so a restart reads back the same status.
 
@@ -164,6 +164,11 @@ pub fn status_of(plan: &PlanRecord, running_here: bool) -> PlanStatus {
         PlanStatus::Running
     } else if plan.aborted.is_some() {
         PlanStatus::Aborted
+    } else if plan.worker_slice_done() {
+        PlanStatus::SliceFinished
+    } else if plan.finished.is_some() && plan.manifest.worker.is_some() {
+        // A slice that ended with failed shards (it has no root).
+        PlanStatus::Failed
     } else if plan.finished.is_some() {
         let counts = plan.counts();
         if counts.failed + counts.aborted > 0 || plan.pending_count() > 0 {
@@ -171,11 +176,11 @@ pub fn status_of(plan: &PlanRecord, running_here: bool) -> PlanStatus {
         } else {
             PlanStatus::Finished
         }
-    } else if plan.worker_slice_done() {
-        PlanStatus::SliceFinished
     } else if plan.held {
         PlanStatus::Created
-    } else if plan.run_starts == 0 {
+    } else if plan.run_starts == 0 && plan.pending_count() == plan.shard_count() {
+        // Never started. (Version-1 stores written with events off have no
+        // run starts: a plan with outcomes there did start.)
         PlanStatus::Submitted
     } else {
         PlanStatus::Interrupted
@@ -339,6 +344,43 @@ impl Engine {
         self.submit_durably(records)
     }
 
+    /// The end of a worker's slice that has failed shards: a
+    /// `PlanFinished` with no root (a slice has none; `hxo merge` computes
+    /// the plan's), so that the slice reads back failed, not interrupted.
+    pub(super) fn record_slice_ended(
+        &self,
+        plan_id: &PlanId,
+        entry: &super::PlanEntry,
+    ) -> Result<(), EngineError> {
+        let (tree_size, done, failed) = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = plan.counts();
+            (
+                plan.shard_count(),
+                counts.done,
+                counts.failed + counts.aborted,
+            )
+        };
+        self.record_finished(
+            plan_id,
+            &FinishFacts {
+                root: [0; 32],
+                tree_size,
+                done,
+                failed,
+                certified: None,
+            },
+        )
+    }
+
+    /// A plan's status from its durable records alone, as if nothing ran
+    /// here.
+    fn durable_status(&self, plan_id: &PlanId) -> Result<PlanStatus, EngineError> {
+        let entry = self.entry(plan_id)?;
+        let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(status_of(&plan, false))
+    }
+
     /// A plan's status now.
     pub fn plan_status(&self, plan_id: &PlanId) -> Result<PlanStatus, EngineError> {
         let entry = self.entry(plan_id)?;
@@ -353,8 +395,8 @@ impl Engine {
 pub enum AbortOutcome {
     /// The plan is durably aborted.
     Aborted,
-    /// It was running here and is still stopping after the wait; it will
-    /// end aborted.
+    /// It was running here and is still stopping after the wait: it ends
+    /// aborted, or finished if the stop reached nothing left to run.
     Stopping,
 }
 
@@ -373,6 +415,16 @@ impl Engine {
             data.extend(extra);
         }
         self.bus.publish(events::AUDIT, data);
+    }
+
+    /// Recompiles a plan for `verb`, outside the verb lock (a recompile
+    /// reads the plan's inputs): refused early, without reading anything,
+    /// when the verb does not apply or no run slot is free. The caller
+    /// checks again under the lock.
+    fn recompile_for(&self, plan_id: &PlanId, verb: Verb) -> Result<Compiled, EngineError> {
+        require(plan_id, self.plan_status(plan_id)?, verb)?;
+        self.check_capacity()?;
+        self.recompile(plan_id)
     }
 
     /// Accepts a compiled plan to run now (`hxo run`, `create-and-submit`):
@@ -414,9 +466,9 @@ impl Engine {
         plan_id: &PlanId,
         actor: &str,
     ) -> Result<RunTicket, EngineError> {
+        let compiled = self.recompile_for(plan_id, Verb::Submit)?;
         let _verbs = self.lock_verbs();
         require(plan_id, self.plan_status(plan_id)?, Verb::Submit)?;
-        let compiled = self.recompile(plan_id)?;
         let ticket = self.reserve(*plan_id, compiled, RunCause::Start)?;
         self.record_submitted(plan_id, actor)?;
         self.audit(actor, "submit", plan_id, json!({}));
@@ -426,17 +478,11 @@ impl Engine {
     /// Takes the run slot of a submitted or interrupted plan, to run what
     /// is not durably done (a resume, or a rehydration by a server).
     pub fn resume(self: &Arc<Self>, plan_id: &PlanId) -> Result<RunTicket, EngineError> {
+        let compiled = self.recompile_for(plan_id, Verb::Resume)?;
         let _verbs = self.lock_verbs();
-        require(plan_id, self.plan_status(plan_id)?, Verb::Resume)?;
-        let started_before = self
-            .entry(plan_id)?
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_starts
-            > 0;
-        let compiled = self.recompile(plan_id)?;
-        let cause = if started_before {
+        let status = self.plan_status(plan_id)?;
+        require(plan_id, status, Verb::Resume)?;
+        let cause = if status == PlanStatus::Interrupted {
             RunCause::Resume
         } else {
             RunCause::Start
@@ -453,6 +499,7 @@ impl Engine {
         plan_id: &PlanId,
         actor: &str,
     ) -> Result<(RunTicket, u64), EngineError> {
+        let compiled = self.recompile_for(plan_id, Verb::Replay)?;
         let _verbs = self.lock_verbs();
         require(plan_id, self.plan_status(plan_id)?, Verb::Replay)?;
         let entry = self.entry(plan_id)?;
@@ -470,7 +517,6 @@ impl Engine {
                 plan_id: plan_id_text(plan_id),
             });
         }
-        let compiled = self.recompile(plan_id)?;
         let closure = compiled.dag.downstream_closure(&failed);
         let ticket = self.reserve(*plan_id, compiled, RunCause::Replay)?;
         self.record_replayed(plan_id, actor)?;
@@ -499,31 +545,49 @@ impl Engine {
         wait: Duration,
     ) -> Result<AbortOutcome, EngineError> {
         let verbs = self.lock_verbs();
-        let status = self.plan_status(plan_id)?;
-        require(plan_id, status, Verb::Abort)?;
-        self.audit(actor, "abort", plan_id, json!({}));
-        if let Some(control) = self.control(plan_id) {
-            control.stop(StopReason::Aborted {
-                actor: actor.to_string(),
-            });
-            drop(verbs);
-            if !self.wait_stopped(plan_id, wait) {
-                return Ok(AbortOutcome::Stopping);
-            }
-            let status = self.plan_status(plan_id)?;
-            return if status == PlanStatus::Aborted {
-                Ok(AbortOutcome::Aborted)
-            } else {
-                Err(EngineError::WrongState {
-                    plan_id: plan_id_text(plan_id),
-                    status,
-                    action: Verb::Abort,
-                })
-            };
+        // The run's control first: a run may end at any moment (it takes
+        // no verb lock), but nothing starts one without this lock, so a plan
+        // without a control here stays not running while we hold it.
+        let Some(control) = self.control(plan_id) else {
+            let status = self.durable_status(plan_id)?;
+            require(plan_id, status, Verb::Abort)?;
+            self.abort_not_running(plan_id, actor)?;
+            self.audit(actor, "abort", plan_id, json!({}));
+            return Ok(AbortOutcome::Aborted);
+        };
+        control.stop(StopReason::Aborted {
+            actor: actor.to_string(),
+        });
+        drop(verbs);
+        if !self.wait_stopped(plan_id, wait) {
+            self.audit(actor, "abort", plan_id, json!({}));
+            return Ok(AbortOutcome::Stopping);
         }
+        // The run decided: aborted, or finished before the stop reached
+        // anything (then the abort did not apply).
+        let status = self.plan_status(plan_id)?;
+        if status != PlanStatus::Aborted {
+            return Err(EngineError::WrongState {
+                plan_id: plan_id_text(plan_id),
+                status,
+                action: Verb::Abort,
+            });
+        }
+        self.audit(actor, "abort", plan_id, json!({}));
+        Ok(AbortOutcome::Aborted)
+    }
+
+    /// Aborts a plan that does not run here: its pending shards fail
+    /// (aborted), then `PlanAborted`.
+    fn abort_not_running(&self, plan_id: &PlanId, actor: &str) -> Result<(), EngineError> {
+        let entry = self.entry(plan_id)?;
         let records: Vec<Record> = {
-            let entry = self.entry(plan_id)?;
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            // Belt and braces: the table already refuses a plan with a root.
+            assert!(
+                plan.finished.is_none(),
+                "abort of a plan with a recorded end"
+            );
             plan.shards
                 .iter()
                 .enumerate()
@@ -542,8 +606,7 @@ impl Engine {
         for chunk in records.chunks(crate::limits::COMMIT_RECORDS_MAX) {
             self.store.submit(chunk.to_vec())?;
         }
-        self.record_aborted(plan_id, actor, "aborted")?;
-        Ok(AbortOutcome::Aborted)
+        self.record_aborted(plan_id, actor, "aborted")
     }
 
     /// Plans that a resume runs on its own: submitted or interrupted, not

@@ -148,6 +148,8 @@ pub struct Engine {
     runs_max: AtomicUsize,
     /// Threads of runs started by `Engine::spawn`.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Background runs that ended interrupted.
+    interrupted_runs: AtomicUsize,
     /// Serialises the lifecycle verbs: a state check and the move it allows
     /// happen under it, so two verbs never both pass the same check.
     verbs: Mutex<()>,
@@ -182,6 +184,7 @@ impl Engine {
             running: Mutex::new(HashMap::new()),
             runs_max: AtomicUsize::new(usize::MAX),
             background: Mutex::new(Vec::new()),
+            interrupted_runs: AtomicUsize::new(0),
             verbs: Mutex::new(()),
         });
         // Durable events go to the log; per-shard events are published once

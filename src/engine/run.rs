@@ -3,9 +3,9 @@
 //! `Recorder` that turns the scheduler's outcomes into log records on the
 //! workers' threads, the SLO ticker, and background runs.
 //!
-//! INVARIANT: a plan has at most one [`RunSlot`] at a time, and a slot is
-//! registered in [`Engine::running`](super::Engine) for exactly as long as
-//! it lives (dropping it, a panic included, unregisters it).
+//! INVARIANT: a plan has at most one [`RunTicket`] at a time, and its slot
+//! is registered in the engine's `running` map for exactly as long as the
+//! ticket lives (dropping it, a panic included, unregisters it).
 
 use super::{Engine, EngineError, Progress, RunEnd, RunSummary};
 use crate::dag::{Dag, LeafIndex};
@@ -76,16 +76,12 @@ impl Engine {
         if running.len() >= runs_max {
             return Err(EngineError::AtCapacity { runs_max });
         }
-        let baseline = self.store.plan(&plan_id).map_or(0, |entry| {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            plan.shard_count() - plan.pending_count()
-        });
         running.insert(
             plan_id,
             RunningPlan {
                 control: Control::new(),
                 started: Instant::now(),
-                baseline,
+                baseline: 0,
             },
         );
         Ok(RunTicket {
@@ -94,6 +90,35 @@ impl Engine {
             compiled,
             cause,
         })
+    }
+
+    /// Refuses with [`EngineError::AtCapacity`] while every run slot is
+    /// taken (a hint: [`Engine::reserve`] decides).
+    pub(super) fn check_capacity(&self) -> Result<(), EngineError> {
+        let runs_max = self.runs_max.load(Ordering::SeqCst);
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).len() >= runs_max {
+            return Err(EngineError::AtCapacity { runs_max });
+        }
+        Ok(())
+    }
+
+    /// The rate of this run is measured from here: shards with an outcome
+    /// now (done before, reused, or made pending again by a replay's
+    /// record) do not count as its speed.
+    fn start_clock(&self, plan_id: &PlanId, entry: &PlanEntry) {
+        let baseline = {
+            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+            plan.shard_count() - plan.pending_count()
+        };
+        if let Some(run) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(plan_id)
+        {
+            run.started = Instant::now();
+            run.baseline = baseline;
+        }
     }
 
     /// Runs a ticket's plan in this thread until every shard has an outcome
@@ -123,9 +148,14 @@ impl Engine {
             .spawn(move || {
                 let text = plan_id_text(&ticket.plan_id);
                 match engine.run(ticket, None) {
-                    Ok(summary) => tracing::info!(plan_id = %text, end = ?summary.end,
-                        done = summary.report.done_shards, failed = summary.report.failed_shards,
-                        "plan run ended"),
+                    Ok(summary) => {
+                        if summary.end == RunEnd::Interrupted {
+                            engine.interrupted_runs.fetch_add(1, Ordering::SeqCst);
+                        }
+                        tracing::info!(plan_id = %text, end = ?summary.end,
+                            done = summary.report.done_shards, failed = summary.report.failed_shards,
+                            "plan run ended")
+                    }
                     Err(error) => tracing::error!(plan_id = %text, "plan run failed: {error}"),
                 }
             })
@@ -143,13 +173,15 @@ impl Engine {
         }
     }
 
-    /// Waits for every background run to end.
-    pub fn wait_runs(&self) {
+    /// Waits for every background run to end; returns how many background
+    /// runs have ended interrupted so far.
+    pub fn wait_runs(&self) -> usize {
         let threads =
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
         for thread in threads {
             let _ = thread.join();
         }
+        self.interrupted_runs.load(Ordering::SeqCst)
     }
 
     /// Waits until `plan_id` no longer runs here, at most `timeout`;
@@ -196,6 +228,7 @@ impl Engine {
         let entry = self.entry(&plan_id)?;
         let started = Instant::now();
         self.record_run_started(&plan_id, ticket.cause)?;
+        self.start_clock(&plan_id, &entry);
         let (mut initial, need_reuse) = initial_states(&entry, &compiled.dag);
         let dry_run = entry
             .record
@@ -359,7 +392,7 @@ impl Engine {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             let counts = plan.counts();
             (
-                plan.pending_count() > 0 || counts.aborted > 0,
+                plan.owned_pending_count() > 0 || counts.aborted > 0,
                 counts.failed + counts.aborted,
             )
         };
@@ -377,12 +410,13 @@ impl Engine {
                 Ok(RunEnd::Aborted)
             }
             // A worker's slice has no root of its own: `hxo merge` computes
-            // the plan's from every worker's log.
-            _ if worker => Ok(if failed == 0 {
-                RunEnd::Succeeded
-            } else {
-                RunEnd::Failed
-            }),
+            // the plan's from every worker's log. A slice done is its own
+            // end; one with failures records that it ended.
+            _ if worker && failed == 0 => Ok(RunEnd::Succeeded),
+            _ if worker => {
+                self.record_slice_ended(plan_id, entry)?;
+                Ok(RunEnd::Failed)
+            }
             _ => Ok(if self.finish(plan_id, entry)? {
                 RunEnd::Succeeded
             } else {

@@ -239,3 +239,95 @@ fn an_interrupted_run_reads_back_interrupted_and_resumes_as_a_rehydration() {
     assert!(summary.report.truth_certified);
     engine.close().unwrap();
 }
+
+/// An abort that races the end of a run either aborts the plan or is
+/// refused: a plan never ends both finished (certified, with a root) and
+/// aborted. Every shard is reused, so each run ends within moments of
+/// starting, while another thread aborts it as fast as it can.
+#[test]
+fn an_abort_racing_the_end_of_a_run_never_aborts_a_finished_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), &[]);
+    run_new(&engine, synthetic(8, ""));
+    for _ in 0..150 {
+        let compiled = engine.compile(synthetic(8, ""), Path::new(".")).unwrap();
+        let ticket = engine.start_new(compiled, "t", false).unwrap();
+        let plan_id = *ticket.plan_id();
+        let aborter = engine.clone();
+        let racing = std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            for _ in 0..200 {
+                outcomes.push(aborter.abort(&plan_id, "t", Duration::ZERO).ok());
+            }
+            outcomes
+        });
+        let end = engine.run(ticket, None).unwrap().end;
+        let accepted = racing.join().unwrap().into_iter().flatten().count();
+        let report = engine.report(&plan_id).unwrap();
+        match end {
+            RunEnd::Succeeded => {
+                assert_eq!(report.status, "finished", "{end:?}");
+                assert!(report.truth_certified);
+                // An abort that was still stopping when the run ended
+                // finished is the only one that may have said so.
+                let _ = accepted;
+            }
+            RunEnd::Aborted => {
+                assert_eq!(report.status, "aborted");
+                assert!(report.merkle_root.is_none());
+                assert!(!report.truth_certified);
+                assert!(accepted >= 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_replayed_plan_is_submitted_whatever_it_was_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), &[]);
+    let compiled = engine
+        .compile(synthetic(30, r#", "sleep_ms": 20"#), Path::new("."))
+        .unwrap();
+    let plan_id = engine.create(&compiled, "t", false).unwrap();
+    engine.abort(&plan_id, "t", Duration::ZERO).unwrap();
+    let (ticket, _) = engine.replay(&plan_id, "t").unwrap();
+    let stopper = engine.clone();
+    let interrupter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(80));
+        stopper.interrupt_all();
+    });
+    assert_eq!(engine.run(ticket, None).unwrap().end, RunEnd::Interrupted);
+    interrupter.join().unwrap();
+    assert_eq!(status(&engine, &plan_id), PlanStatus::Interrupted);
+    assert_eq!(engine.resumable_plans(), vec![plan_id]);
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_worker_slice_reads_back_finished_or_failed_never_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), &[("HXO_MAX_ATTEMPTS", "1")]);
+    let slice = crate::plan::WorkerSlice { index: 0, count: 2 };
+    for (extra, end, expected) in [
+        ("", RunEnd::Succeeded, PlanStatus::SliceFinished),
+        (r#", "fail_rate": 1.0"#, RunEnd::Failed, PlanStatus::Failed),
+    ] {
+        let mut compiled = engine.compile(synthetic(6, extra), Path::new(".")).unwrap();
+        compiled.worker = Some(slice);
+        let ticket = engine.start_new(compiled, "t", false).unwrap();
+        let plan_id = *ticket.plan_id();
+        let summary = engine.run(ticket, None).unwrap();
+        assert_eq!(summary.end, end);
+        assert_eq!(status(&engine, &plan_id), expected);
+        assert!(summary.report.merkle_root.is_none(), "a slice has no root");
+        assert!(!engine.resumable_plans().contains(&plan_id));
+        assert!(matches!(
+            engine.verify(&plan_id),
+            Err(EngineError::NoRoot { .. })
+        ));
+    }
+    engine.close().unwrap();
+}

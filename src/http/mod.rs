@@ -73,7 +73,8 @@ pub enum ServiceError {
 /// How the service ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceEnd {
-    /// Runs that shutdown stopped as interrupted (resumable).
+    /// Runs that ended interrupted (resumable), by shutdown or a failure
+    /// to record their outcomes.
     pub interrupted_runs: usize,
 }
 
@@ -108,16 +109,8 @@ impl Service {
     /// most `HTTP_RUNS_MAX` plans run at once; a start beyond that is
     /// refused (503) and rehydration waits for a free slot.
     pub fn start(engine: Arc<Engine>, config: ServiceConfig) -> Result<Service, ServiceError> {
-        let root = config
-            .root
-            .canonicalize()
-            .ok()
-            .filter(|r| r.is_dir())
-            .ok_or_else(|| ServiceError::Root(config.root.clone()))?;
+        let root = Service::check(&engine.settings, &config)?;
         let settings = &engine.settings;
-        if settings.admiral_token.is_some() && settings.admiral_token == settings.captain_token {
-            return Err(ServiceError::SameTokens);
-        }
         let (tokens, token_file) =
             auth::load(settings).map_err(|source| ServiceError::TokenFile {
                 path: auth::token_path(settings),
@@ -175,6 +168,25 @@ impl Service {
         })
     }
 
+    /// Checks what can be checked before a store is opened: the root is
+    /// a directory (returned canonical), and the two tokens differ (equal
+    /// tokens would make every captain an admiral).
+    pub fn check(
+        settings: &crate::settings::Settings,
+        config: &ServiceConfig,
+    ) -> Result<PathBuf, ServiceError> {
+        let root = config
+            .root
+            .canonicalize()
+            .ok()
+            .filter(|r| r.is_dir())
+            .ok_or_else(|| ServiceError::Root(config.root.clone()))?;
+        if settings.admiral_token.is_some() && settings.admiral_token == settings.captain_token {
+            return Err(ServiceError::SameTokens);
+        }
+        Ok(root)
+    }
+
     /// The address the service listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.address
@@ -202,9 +214,8 @@ impl Service {
         for thread in self.threads {
             let _ = thread.join();
         }
-        let interrupted_runs = self.app.engine.running_plans().len();
         self.app.engine.interrupt_all();
-        self.app.engine.wait_runs();
+        let interrupted_runs = self.app.engine.wait_runs();
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.app.streams.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
