@@ -1,6 +1,6 @@
 //! The scheduler: runs a DAG's pending shards on a dedicated rayon pool
 //! (CPU-bound executors) and a blocking lane (subprocesses, SQL), and hands
-//! every outcome to the caller through one bounded channel.
+//! every outcome to the caller's [`OutcomeSink`].
 //!
 //! See `src/sched/README.md` for the states, termination, ordering and
 //! backpressure rules in prose. In short:
@@ -470,7 +470,7 @@ pub fn run(
     // The shards ready at the start. Those of CPU stages are claimed by
     // the pool itself, a range of leaves per job, so no thread walks a
     // million leaves before the first shard runs; ranges of stages that
-    // share out fairly alternate. Blocking stages' go one per job, as ever.
+    // share out fairly alternate. Blocking stages' go one per job.
     let mut ready = Vec::new();
     let mut cpu_stages = Vec::new();
     for stage_index in 0..stage_count {
@@ -862,8 +862,8 @@ impl Shared {
         let mut ready = Vec::new();
         let mut tally = Tally::default();
         // When the last shard on this worker ended: the next one starts
-        // then, unless something that may wait (a send) came in between.
-        // Saves a clock read per shard, a tenth of a no-op shard's cost.
+        // then, unless something that may wait (a send) came in between:
+        // one clock read per shard, not two.
         let mut clock: Option<Instant> = None;
         loop {
             loop {
