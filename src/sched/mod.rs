@@ -29,11 +29,21 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
+// A shard's state in `Shared::state` (see "States" in the README). Leaving
+// PENDING is always a compare-and-swap; CLAIMED is left by a plain store
+// from the job that holds the claim, or by the sweep's compare-and-swap.
+
+/// Not started: waits for its dependencies, or is ready to be claimed.
 const PENDING: u8 = 0;
+/// Claimed by exactly one job, which runs it (or its split pieces) next.
 const CLAIMED: u8 = 1;
+/// Succeeded, in this run or before it (from the log); never changes again.
 const DONE: u8 = 2;
+/// Failed, in this run or before it (from the log); never changes again.
 const FAILED: u8 = 3;
+/// Never runs this run: a shard it depends on failed or was blocked.
 const BLOCKED: u8 = 4;
+/// Never finishes this run: the run stopped first (abandoned or aborted).
 const STOPPED: u8 = 5;
 
 /// A shard's state before the run starts, from the log.
@@ -44,28 +54,23 @@ pub enum Initial {
     Failed,
 }
 
+/// What happened to a shard in this run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutcomeKind {
+    /// Succeeded with this output digest.
     Done(Hash),
-    Failed {
-        error: String,
-        aborted: bool,
-    },
+    /// Failed (after its last attempt), or was aborted (`aborted`: the
+    /// run was aborted or timeboxed before the shard finished).
+    Failed { error: String, aborted: bool },
     /// Not run: something upstream failed.
     Blocked,
     /// Not run or not finished: the run was interrupted (resumable).
     Abandoned,
     /// Not terminal: the shard was split into `pieces` sub-shards because
     /// its stage's p95 shard time (`p95_us`) ran over the threshold.
-    Split {
-        pieces: u32,
-        p95_us: u64,
-    },
+    Split { pieces: u32, p95_us: u64 },
     /// Not terminal: one sub-shard of a split shard is done.
-    Piece {
-        piece: u32,
-        digest: Hash,
-    },
+    Piece { piece: u32, digest: Hash },
 }
 
 impl OutcomeKind {
@@ -75,6 +80,7 @@ impl OutcomeKind {
     }
 }
 
+/// One shard's outcome, as handed to the [`OutcomeSink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub leaf: u32,
@@ -97,15 +103,35 @@ pub enum StopReason {
 /// The handle through which a run is stopped and observed while it runs.
 #[derive(Default)]
 pub struct Control {
+    // INVARIANT: false until the first `stop`, true from then on (nothing
+    // clears it). Set inside `reason`'s critical section, after `reason`
+    // is filled in, so whoever sees it true and then locks `reason` finds
+    // `Some`. Executors watch it through their `CancelToken`.
     cancel: AtomicBool,
+    // INVARIANT: `None` until the first `stop`; then the first reason
+    // given, never replaced. Held only for a store or a clone.
     reason: Mutex<Option<StopReason>>,
+    // INVARIANT: `None` until `run` starts; then the counters of the run
+    // (one slot per pool thread, and one for the waiting thread), which
+    // only `live_counts` reads. Held only to swap or to sum.
     slots: Mutex<Option<Arc<Vec<CachePadded<Slot>>>>>,
 }
 
+/// Live-count counters of one thread (cache-padded: each thread adds to
+/// its own slot, so they never share a cache line).
 #[derive(Default)]
 struct Slot {
+    // INVARIANT: shards this thread handed to a job or kept for its own
+    // (each claimed shard is counted once, by whoever dispatched it).
+    // Only ever incremented.
     claimed: AtomicU64,
+    // INVARIANT: shards whose execution began on this thread (a split
+    // shard counts once). Only ever incremented.
     started: AtomicU64,
+    // INVARIANT: started shards whose execution ended on this thread (for
+    // a split shard, where its last piece ended). Only ever incremented.
+    // Summed over the slots: started >= finished once no increment is in
+    // flight, and claimed >= started.
     finished: AtomicU64,
 }
 
@@ -221,28 +247,69 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The state of one run, shared by the waiting thread and every job.
 struct Shared {
     input: RunInput,
+    /// Per stage: whether its executor runs on the blocking lane.
     blocking_stage: Vec<bool>,
     options: RunOptions,
     control: Arc<Control>,
+    // INVARIANT: one per shard, one of the state constants above, moving
+    // only along the README's "States" diagram: PENDING -> CLAIMED |
+    // BLOCKED | STOPPED by compare-and-swap (so one thread wins each
+    // shard), CLAIMED -> DONE | FAILED | STOPPED. Each shard pending at
+    // the start leaves PENDING once and gets one terminal outcome.
     state: Vec<AtomicU8>,
+    // INVARIANT: per shard, its shard-level upstream shards (pipelined or
+    // chained edges) not DONE: set at the start, decremented once when
+    // such a shard becomes DONE, never incremented. It reaches zero only
+    // if every one of them succeeded (a failure blocks the shard instead).
     deps_left: Vec<AtomicU32>,
+    // INVARIANT: per stage, the upstream stages joined by barrier that had
+    // pending shards at the start and have not yet finished without a
+    // failure; decremented once per such stage, never incremented.
     barriers_left: Vec<AtomicU32>,
+    // INVARIANT: per stage, shards pending at the start whose terminal
+    // outcome has not been applied yet (jobs tally and apply per job, so
+    // it runs behind the states, never ahead). Stopped shards are never
+    // applied. Whoever brings it to zero propagates the stage's end.
     stage_left: Vec<AtomicU64>,
+    // INVARIANT: per stage, true once a shard of the stage failed or was
+    // blocked (or had failed before the run), never reset; stored before
+    // that shard's count is applied to `stage_left`.
     stage_failed: Vec<AtomicBool>,
+    // INVARIANT: shards pending at the start with no terminal outcome
+    // applied yet: their stage's tallies are applied after the stage's end
+    // is propagated, stopped shards are counted one by one. Zero only when
+    // every shard has its outcome.
     terminal_left: AtomicU64,
+    // INVARIANT: jobs spawned and not yet ended. Incremented before each
+    // spawn, by a job that is itself counted or by the waiting thread
+    // before it starts waiting, so once the start jobs are spawned and it
+    // reads zero, it stays zero. A job decrements it last, after handing
+    // over its outcomes.
     jobs_in_flight: AtomicUsize,
     sink: Arc<dyn OutcomeSink>,
     cpu_pool: rayon::ThreadPool,
     io_pool: Option<rayon::ThreadPool>,
     slots: Arc<Vec<CachePadded<Slot>>>,
+    // INVARIANT: the mutex guards no data: the waiting thread checks its
+    // exit conditions (`terminal_left`, `jobs_in_flight`, the stop) only
+    // while holding it, and `job_done` notifies while holding it, so a
+    // notification cannot fall between a check and the wait.
     wake: (Mutex<()>, Condvar),
     /// Recent shard durations of stages that may split (bounded).
+    // INVARIANT: per stage, at most DURATION_SAMPLES_MAX durations (µs) of
+    // its latest DONE shards; only `hot_shard_splitter` stages ever get
+    // any, and none once the stage is hot.
     durations: Vec<Mutex<VecDeque<u64>>>,
     /// Stages whose p95 ran over the threshold: their pending shards split.
+    // INVARIANT: per stage, false until its p95 runs over the threshold,
+    // then true for the rest of the run; stored after `hot_p95_us`.
     hot: Vec<AtomicBool>,
     /// Per stage: the p95 (µs) that made it hot.
+    // INVARIANT: per stage, zero until the stage is hot, then a p95 over
+    // the threshold (of two notes racing, either one's).
     hot_p95_us: Vec<AtomicU64>,
 }
 
@@ -254,11 +321,22 @@ const DURATION_SAMPLES_MIN: usize = 3;
 /// A split shard in flight: its pieces run as separate jobs and the last
 /// one to finish combines their digests into the shard's.
 struct SplitState {
+    /// The pieces' unit ranges (`merkle::split_ranges`), in unit order.
     ranges: Vec<std::ops::Range<u64>>,
     unit_count: u64,
+    // INVARIANT: one per piece, `Some` once the piece is done (before this
+    // run or in it); each `None` is filled in only by its piece's job,
+    // before that job decrements `remaining`.
     digests: Mutex<Vec<Option<Hash>>>,
+    // INVARIANT: pieces of this run not yet ended; each piece's job
+    // decrements it once, and the one that brings it to zero (exactly
+    // one) combines the pieces and completes the shard.
     remaining: AtomicU32,
+    // INVARIANT: the first piece error (message, attempts), if any; set
+    // before the failing piece decrements `remaining`.
     failure: Mutex<Option<(String, u32)>>,
+    // INVARIANT: the most attempts any ended piece took; raised before
+    // that piece decrements `remaining`.
     attempts: AtomicU32,
     started: Instant,
 }
