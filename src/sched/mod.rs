@@ -3,7 +3,8 @@
 //! every outcome to the caller's [`OutcomeSink`].
 //!
 //! See `src/sched/README.md` for the states, termination, ordering and
-//! backpressure rules in prose. In short:
+//! backpressure rules in prose; its "Memory ordering" section says, atomic
+//! by atomic, which ordering is used and why it is enough. In short:
 //! - a shard moves PENDING -> CLAIMED -> (running) -> DONE | FAILED, or
 //!   PENDING -> BLOCKED when something upstream failed, or to ABANDONED /
 //!   aborted when the run stops; every transition out of PENDING is a
@@ -118,7 +119,8 @@ pub struct Control {
 }
 
 /// Live-count counters of one thread (cache-padded: each thread adds to
-/// its own slot, so they never share a cache line).
+/// its own slot, so they never share a cache line). Every access is
+/// `Relaxed`: they are statistics that nothing else is derived from.
 #[derive(Default)]
 struct Slot {
     // INVARIANT: shards this thread handed to a job or kept for its own
@@ -157,6 +159,8 @@ impl Control {
     }
 
     pub fn is_stopped(&self) -> bool {
+        // Relaxed: a stop needs to be seen soon, not at once, and the
+        // reason is read under its mutex ("Memory ordering", README).
         self.cancel.load(Ordering::Relaxed)
     }
 
@@ -166,6 +170,7 @@ impl Control {
         let Some(slots) = guard.as_ref() else {
             return (0, 0);
         };
+        // Relaxed: statistics, off by the transitions in flight at most.
         let (mut claimed, mut started, mut finished) = (0u64, 0u64, 0u64);
         for slot in slots.iter() {
             claimed += slot.claimed.load(Ordering::Relaxed);
@@ -730,6 +735,10 @@ impl Shared {
         while let Some((leaf, ok)) = stack.pop() {
             let stage = dag.stage_of(LeafIndex(leaf));
             if ok {
+                // SeqCst, not just acquire-release: with `flush`'s barrier
+                // decrement and `deps_left` load this is a store-buffering
+                // pattern, and one of the two threads must see both zeros
+                // ("Memory ordering" in the README).
                 for &dependent in dag.dependents(LeafIndex(leaf)) {
                     let last =
                         self.deps_left[dependent as usize].fetch_sub(1, Ordering::SeqCst) == 1;
@@ -774,6 +783,7 @@ impl Shared {
                                 self.block(next, batch, stack);
                             }
                         } else if self.barriers_left[down].fetch_sub(1, Ordering::SeqCst) == 1 {
+                            // SeqCst: the other half of `settle`'s pattern.
                             for next in dag.stages[down].leaves() {
                                 if self.deps_left[next as usize].load(Ordering::SeqCst) == 0
                                     && self.claim(next)
@@ -1039,6 +1049,7 @@ impl Shared {
     fn note_duration(&self, leaf: u32, duration_us: u64) {
         let stage = self.dag().stage_of(LeafIndex(leaf));
         if self.input.schedulers[stage] != SchedulerKind::HotShardSplitter
+            // Relaxed: only an early-out; a stale false samples once more.
             || self.hot[stage].load(Ordering::Relaxed)
         {
             return;
@@ -1056,6 +1067,8 @@ impl Shared {
         let mut sorted: Vec<u64> = samples.iter().copied().collect();
         let p95 = crate::report::percentile_us(&mut sorted, 95.0);
         if p95 > self.options.autosplit.p95_ms * 1000 {
+            // The p95 first, then the flag (a release store), which
+            // `split_pieces` loads with acquire.
             self.hot_p95_us[stage].store(p95, Ordering::Relaxed);
             self.hot[stage].store(true, Ordering::SeqCst);
         }
@@ -1069,7 +1082,9 @@ impl Shared {
         }
         let dag = self.dag();
         let stage = dag.stage_of(LeafIndex(leaf));
-        if !self.hot[stage].load(Ordering::Relaxed) || !self.input.executors[stage].is_splittable()
+        // Acquire: pairs with `note_duration`'s store, so that
+        // `start_split` sees the p95 that made the stage hot.
+        if !self.hot[stage].load(Ordering::Acquire) || !self.input.executors[stage].is_splittable()
         {
             return None;
         }
@@ -1187,6 +1202,8 @@ impl Shared {
         }
         batch.flush();
         drop(batch);
+        // At least acquire-release: the piece that combines must see every
+        // piece's `attempts`, raised (Relaxed) before its decrement.
         if state.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
             let outcome = self.combine(leaf, state);
             self.slots[self.slot_index(blocking)]
