@@ -4,7 +4,9 @@
 //!
 //! See `src/sched/README.md` for the states, termination, ordering and
 //! backpressure rules in prose; its "Memory ordering" section says, atomic
-//! by atomic, which ordering is used and why it is enough. In short:
+//! by atomic, which ordering is used and why it is enough, and its "Panic
+//! policy" what a panic does (an executor's fails its shard; any other
+//! aborts the process). In short:
 //! - a shard moves PENDING -> CLAIMED -> (running) -> DONE | FAILED, or
 //!   PENDING -> BLOCKED when something upstream failed, or to ABANDONED /
 //!   aborted when the run stops; every transition out of PENDING is a
@@ -242,6 +244,21 @@ fn install_panic_hook() {
     });
 }
 
+/// Aborts the process if dropped while its thread unwinds. The waiting
+/// thread holds one while jobs may be running, so that a bug on it aborts
+/// instead of unwinding out of `run` under them ("Panic policy" in the
+/// README; rayon-core's `unwind::AbortIfPanic` is the model).
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("hxo: the scheduler panicked while shards were running; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_string()
@@ -436,6 +453,9 @@ pub fn run(
     );
     let stage_count = dag.stages.len();
     let blocking_stage: Vec<bool> = input.executors.iter().map(|e| e.is_blocking()).collect();
+    // No `panic_handler`: a panic that escapes a job (a bug here, in the
+    // sink or in the pressure callback; executors' panics are caught)
+    // makes rayon abort the process ("Panic policy" in the README).
     let cpu_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads)
         .thread_name(|i| format!("hxo-cpu-{i}"))
@@ -520,6 +540,9 @@ pub fn run(
         hot_p95_us: (0..stage_count).map(|_| AtomicU64::new(0)).collect(),
         input,
     });
+    // From here until `run` returns, jobs may be running (and the sink is
+    // called): a panic on this thread aborts.
+    let _abort_on_unwind = AbortOnUnwind;
 
     // Failures already in the log block what is downstream of them.
     {

@@ -850,3 +850,92 @@ fn live_counts_see_the_running_shard_and_return_to_zero() {
     assert!(seen.iter().all(|&(_, running)| running == 1), "{seen:?}");
     assert_eq!(control.live_counts(), (0, 0));
 }
+
+/// Set in the child process `a_panic_outside_an_executor_aborts_the_process`
+/// starts: "pool" or "waiting", where its sink panics.
+const PANIC_CHILD: &str = "HXO_SCHED_TEST_PANIC_CHILD";
+
+/// A sink with a bug: it panics when called on a pool thread (`on_pool`)
+/// or on any other (the waiting thread).
+struct PanickingSink {
+    on_pool: bool,
+}
+
+impl OutcomeSink for PanickingSink {
+    fn accept(&self, _batch: Vec<Outcome>) {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        let on_pool = name.starts_with("hxo-");
+        if on_pool == self.on_pool {
+            panic!("sink bug on thread {name:?}");
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_panic_outside_an_executor_aborts_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(child) = std::env::var_os(PANIC_CHILD) {
+        // SAFETY: setrlimit only reads the struct it is given; no core
+        // file for the abort that follows.
+        unsafe {
+            libc::setrlimit(
+                libc::RLIMIT_CORE,
+                &libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                },
+            );
+        }
+        let on_pool = child == "pool";
+        // a (8) -> b (3, barrier). Stopped before the start, b's shards
+        // are swept, so the waiting thread calls the sink.
+        let dag = two_stages(8, 3);
+        let input = input_for(
+            &dag,
+            Arc::new(Probe::default()),
+            SchedulerKind::FairRoundRobin,
+        );
+        let control = Control::new();
+        if !on_pool {
+            control.stop(StopReason::Interrupted);
+        }
+        run(
+            input,
+            options(2),
+            control,
+            Arc::new(PanickingSink { on_pool }),
+        );
+        // Not reached when the policy holds; exit 0 so that the parent
+        // sees the difference.
+        std::process::exit(0);
+    }
+    for (child, expected) in [
+        ("pool", "Rayon: detected unexpected panic; aborting"),
+        (
+            "waiting",
+            "hxo: the scheduler panicked while shards were running; aborting",
+        ),
+    ] {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "sched::tests::a_panic_outside_an_executor_aborts_the_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PANIC_CHILD, child)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "{child}: {:?}\n{stderr}",
+            output.status
+        );
+        assert!(stderr.contains("sink bug on thread"), "{child}: {stderr}");
+        assert!(stderr.contains(expected), "{child}: {stderr}");
+    }
+}
