@@ -444,15 +444,27 @@ pub fn run(
     sink: Arc<dyn OutcomeSink>,
 ) {
     install_panic_hook();
-    let dag = input.dag.clone();
-    let shard_count = dag.shard_count();
     assert_eq!(
         input.initial.len(),
-        shard_count,
+        input.dag.shard_count(),
         "one initial state per shard"
     );
-    let stage_count = dag.stages.len();
-    let blocking_stage: Vec<bool> = input.executors.iter().map(|e| e.is_blocking()).collect();
+    let shared = Arc::new(Shared::new(input, options, control, sink));
+    // From here until `run` returns, jobs may be running (and the sink is
+    // called): a panic on this thread aborts.
+    let _abort_on_unwind = AbortOnUnwind;
+    shared.block_below_logged_failures();
+    shared.spawn_start_jobs();
+    if shared.wait_for_end() == End::Stopped {
+        shared.sweep();
+    }
+}
+
+/// Builds the CPU pool and, if some stage blocks, the blocking lane.
+fn build_pools(
+    options: &RunOptions,
+    any_blocking: bool,
+) -> (rayon::ThreadPool, Option<rayon::ThreadPool>) {
     // No `panic_handler`: a panic that escapes a job (a bug here, in the
     // sink or in the pressure callback; executors' panics are caught)
     // makes rayon abort the process ("Panic policy" in the README).
@@ -461,218 +473,284 @@ pub fn run(
         .thread_name(|i| format!("hxo-cpu-{i}"))
         .build()
         .expect("spawning the worker threads");
-    let io_pool = blocking_stage.iter().any(|b| *b).then(|| {
+    let io_pool = any_blocking.then(|| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(options.max_concurrency)
             .thread_name(|i| format!("hxo-io-{i}"))
             .build()
             .expect("spawning the blocking-lane threads")
     });
-    let slot_count = options.threads + io_pool.as_ref().map_or(0, |_| options.max_concurrency) + 1;
-    let slots: Arc<Vec<CachePadded<Slot>>> = Arc::new(
-        (0..slot_count)
-            .map(|_| CachePadded::new(Slot::default()))
-            .collect(),
-    );
-    *control.slots.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots.clone());
+    (cpu_pool, io_pool)
+}
 
-    let state: Vec<AtomicU8> = input
-        .initial
-        .iter()
-        .map(|s| {
-            AtomicU8::new(match s {
-                Initial::Pending => PENDING,
-                Initial::Done => DONE,
-                Initial::Failed => FAILED,
-            })
-        })
-        .collect();
-    let mut deps_left = vec![0u32; shard_count];
-    let mut stage_left = vec![0u64; stage_count];
-    let mut stage_failed = vec![false; stage_count];
-    for stage_index in 0..stage_count {
-        for leaf in dag.stages[stage_index].leaves() {
-            match input.initial[leaf as usize] {
-                Initial::Done => {}
-                Initial::Pending => {
-                    stage_left[stage_index] += 1;
+/// The counters before any job runs, from the shards' initial states.
+struct InitialCounts {
+    deps_left: Vec<u32>,
+    stage_left: Vec<u64>,
+    stage_failed: Vec<bool>,
+    barriers_left: Vec<AtomicU32>,
+}
+
+impl InitialCounts {
+    fn of(dag: &Dag, initial: &[Initial]) -> InitialCounts {
+        let stage_count = dag.stages.len();
+        let mut deps_left = vec![0u32; dag.shard_count()];
+        let mut stage_left = vec![0u64; stage_count];
+        let mut stage_failed = vec![false; stage_count];
+        for stage_index in 0..stage_count {
+            for leaf in dag.stages[stage_index].leaves() {
+                match initial[leaf as usize] {
+                    Initial::Done => {}
+                    Initial::Pending => {
+                        stage_left[stage_index] += 1;
+                    }
+                    Initial::Failed => stage_failed[stage_index] = true,
                 }
-                Initial::Failed => stage_failed[stage_index] = true,
-            }
-            if input.initial[leaf as usize] != Initial::Done {
-                for &dependent in dag.dependents(LeafIndex(leaf)) {
-                    deps_left[dependent as usize] += 1;
+                if initial[leaf as usize] != Initial::Done {
+                    for &dependent in dag.dependents(LeafIndex(leaf)) {
+                        deps_left[dependent as usize] += 1;
+                    }
                 }
             }
         }
+        let barriers_left: Vec<AtomicU32> = (0..stage_count)
+            .map(|t| {
+                let open = dag.stages[t]
+                    .upstream
+                    .iter()
+                    .filter(|(up, join)| *join == crate::dag::Join::Barrier && stage_left[*up] > 0)
+                    .count();
+                AtomicU32::new(open as u32)
+            })
+            .collect();
+        InitialCounts {
+            deps_left,
+            stage_left,
+            stage_failed,
+            barriers_left,
+        }
     }
-    let barriers_left: Vec<AtomicU32> = (0..stage_count)
-        .map(|t| {
-            let open = dag.stages[t]
-                .upstream
-                .iter()
-                .filter(|(up, join)| *join == crate::dag::Join::Barrier && stage_left[*up] > 0)
-                .count();
-            AtomicU32::new(open as u32)
-        })
-        .collect();
-    let terminal_left: u64 = stage_left.iter().sum();
-    let shared = Arc::new(Shared {
-        blocking_stage,
-        options,
-        control,
-        state,
-        deps_left: deps_left.into_iter().map(AtomicU32::new).collect(),
-        barriers_left,
-        stage_left: stage_left.into_iter().map(AtomicU64::new).collect(),
-        stage_failed: stage_failed.iter().map(|f| AtomicBool::new(*f)).collect(),
-        terminal_left: AtomicU64::new(terminal_left),
-        jobs_in_flight: AtomicUsize::new(0),
-        sink,
-        cpu_pool,
-        io_pool,
-        slots,
-        wake: (Mutex::new(()), Condvar::new()),
-        durations: (0..stage_count)
-            .map(|_| Mutex::new(VecDeque::new()))
-            .collect(),
-        hot: (0..stage_count).map(|_| AtomicBool::new(false)).collect(),
-        hot_p95_us: (0..stage_count).map(|_| AtomicU64::new(0)).collect(),
-        input,
-    });
-    // From here until `run` returns, jobs may be running (and the sink is
-    // called): a panic on this thread aborts.
-    let _abort_on_unwind = AbortOnUnwind;
+}
 
-    // Failures already in the log block what is downstream of them.
-    {
+/// How the wait for a run's end ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Every shard has its outcome and every job has ended.
+    Finished,
+    /// The run was stopped and every job has ended: the sweep is due.
+    Stopped,
+}
+
+impl Shared {
+    /// The run's state before any job: the pools, the live-count slots
+    /// (handed to `control`) and the counters.
+    fn new(
+        input: RunInput,
+        options: RunOptions,
+        control: Arc<Control>,
+        sink: Arc<dyn OutcomeSink>,
+    ) -> Shared {
+        let stage_count = input.dag.stages.len();
+        let blocking_stage: Vec<bool> = input.executors.iter().map(|e| e.is_blocking()).collect();
+        let (cpu_pool, io_pool) = build_pools(&options, blocking_stage.iter().any(|b| *b));
+        let slot_count =
+            options.threads + io_pool.as_ref().map_or(0, |_| options.max_concurrency) + 1;
+        let slots: Arc<Vec<CachePadded<Slot>>> = Arc::new(
+            (0..slot_count)
+                .map(|_| CachePadded::new(Slot::default()))
+                .collect(),
+        );
+        *control.slots.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots.clone());
+
+        let state: Vec<AtomicU8> = input
+            .initial
+            .iter()
+            .map(|s| {
+                AtomicU8::new(match s {
+                    Initial::Pending => PENDING,
+                    Initial::Done => DONE,
+                    Initial::Failed => FAILED,
+                })
+            })
+            .collect();
+        let counts = InitialCounts::of(&input.dag, &input.initial);
+        let terminal_left: u64 = counts.stage_left.iter().sum();
+        Shared {
+            blocking_stage,
+            options,
+            control,
+            state,
+            deps_left: counts.deps_left.into_iter().map(AtomicU32::new).collect(),
+            barriers_left: counts.barriers_left,
+            stage_left: counts.stage_left.into_iter().map(AtomicU64::new).collect(),
+            stage_failed: counts
+                .stage_failed
+                .iter()
+                .map(|f| AtomicBool::new(*f))
+                .collect(),
+            terminal_left: AtomicU64::new(terminal_left),
+            jobs_in_flight: AtomicUsize::new(0),
+            sink,
+            cpu_pool,
+            io_pool,
+            slots,
+            wake: (Mutex::new(()), Condvar::new()),
+            durations: (0..stage_count)
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
+            hot: (0..stage_count).map(|_| AtomicBool::new(false)).collect(),
+            hot_p95_us: (0..stage_count).map(|_| AtomicU64::new(0)).collect(),
+            input,
+        }
+    }
+
+    /// Failures already in the log block what is downstream of them. Runs
+    /// before any job, on the waiting thread.
+    fn block_below_logged_failures(self: &Arc<Self>) {
+        let dag = self.dag();
         let mut batch = Batch {
             outcomes: Vec::new(),
-            sink: &*shared.sink,
+            sink: &*self.sink,
         };
         let mut stack = Vec::new();
-        let failed_stages = (0..stage_count).filter(|&stage| stage_failed[stage]);
+        // Nothing but the log has marked a stage failed yet: `block` only
+        // stacks the shards it blocks, and they settle after the loop.
+        let failed_stages =
+            (0..dag.stages.len()).filter(|&stage| self.stage_failed[stage].load(Ordering::SeqCst));
         for stage_index in failed_stages {
             for leaf in dag.stages[stage_index].leaves() {
-                if shared.input.initial[leaf as usize] == Initial::Failed {
+                if self.input.initial[leaf as usize] == Initial::Failed {
                     for &dependent in dag.dependents(LeafIndex(leaf)) {
-                        shared.block(dependent, &mut batch, &mut stack);
+                        self.block(dependent, &mut batch, &mut stack);
                     }
                 }
             }
             for &down in dag.barrier_dependents(stage_index) {
                 for leaf in dag.stages[down].leaves() {
-                    shared.block(leaf, &mut batch, &mut stack);
+                    self.block(leaf, &mut batch, &mut stack);
                 }
             }
         }
         let mut ready = Vec::new();
         let mut tally = Tally::default();
-        shared.settle(&mut stack, &mut batch, &mut ready, &mut tally);
-        shared.flush(&mut stack, &mut batch, &mut ready, &mut tally);
+        self.settle(&mut stack, &mut batch, &mut ready, &mut tally);
+        self.flush(&mut stack, &mut batch, &mut ready, &mut tally);
         assert!(ready.is_empty(), "blocking readies nothing");
     }
 
-    // The shards ready at the start. Those of CPU stages are claimed by
-    // the pool itself, a range of leaves per job, so no thread walks a
-    // million leaves before the first shard runs; ranges of stages that
-    // share out fairly alternate. Blocking stages' go one per job.
-    let mut ready = Vec::new();
-    let mut cpu_stages = Vec::new();
-    for stage_index in 0..stage_count {
-        if shared.barriers_left[stage_index].load(Ordering::SeqCst) != 0 {
-            continue;
-        }
-        if shared.blocking_stage[stage_index] {
-            ready.extend(dag.stages[stage_index].leaves().filter(|&leaf| {
-                shared.deps_left[leaf as usize].load(Ordering::SeqCst) == 0 && shared.claim(leaf)
-            }));
-        } else {
-            cpu_stages.push(stage_index);
-        }
-    }
-    let main_slot = shared.slots.len() - 1;
-    shared.dispatch(ready, main_slot);
-    // Ranges are cut by leaves, so that there are several per thread; the
-    // shards a range finds ready are cut by the pending count, so that
-    // pending shards bunched in one range (a resume) still spread.
-    // (No range at all when nothing is pending: a resume of a finished
-    // plan.)
-    let leaf_total: usize = cpu_stages
-        .iter()
-        .map(|&stage| dag.stages[stage].shard_count as usize)
-        .sum();
-    let pending_total: usize = cpu_stages
-        .iter()
-        .map(|&stage| shared.stage_left[stage].load(Ordering::SeqCst) as usize)
-        .sum();
-    if pending_total == 0 {
-        cpu_stages.clear();
-    }
-    let range_len = shared.job_len(leaf_total) as u32;
-    let piece_len = shared.job_len(pending_total);
-    let mut ranges: Vec<_> = cpu_stages
-        .iter()
-        .map(|&stage| {
-            let leaves = dag.stages[stage].leaves();
-            (leaves.start..leaves.end)
-                .step_by(range_len as usize)
-                .map(move |start| start..start.saturating_add(range_len).min(leaves.end))
-        })
-        .collect();
-    let fair = cpu_stages
-        .iter()
-        .any(|&stage| shared.input.schedulers[stage] == SchedulerKind::FairRoundRobin);
-    if fair {
-        // One range of each stage in turn.
-        let mut any = true;
-        while any {
-            any = false;
-            for stage_ranges in &mut ranges {
-                if let Some(range) = stage_ranges.next() {
-                    shared.spawn_ready_range(range, piece_len);
-                    any = true;
-                }
+    /// Spawns the jobs that start the run. The ready shards of blocking
+    /// stages go one per job; those of CPU stages are claimed by the pool
+    /// itself, a range of leaves per job ([`Shared::spawn_start_ranges`]),
+    /// so no thread walks a million leaves before the first shard runs.
+    fn spawn_start_jobs(self: &Arc<Self>) {
+        let dag = self.dag();
+        let mut ready = Vec::new();
+        let mut cpu_stages = Vec::new();
+        for stage_index in 0..dag.stages.len() {
+            if self.barriers_left[stage_index].load(Ordering::SeqCst) != 0 {
+                continue;
+            }
+            if self.blocking_stage[stage_index] {
+                ready.extend(dag.stages[stage_index].leaves().filter(|&leaf| {
+                    self.deps_left[leaf as usize].load(Ordering::SeqCst) == 0 && self.claim(leaf)
+                }));
+            } else {
+                cpu_stages.push(stage_index);
             }
         }
-    } else {
-        for range in ranges.into_iter().flatten() {
-            shared.spawn_ready_range(range, piece_len);
+        let main_slot = self.slots.len() - 1;
+        self.dispatch(ready, main_slot);
+        self.spawn_start_ranges(&cpu_stages);
+    }
+
+    /// Spawns one start job per range of leaves of `cpu_stages` (ranges of
+    /// stages that share out fairly alternate). Ranges are cut by leaves,
+    /// so that there are several per thread; the shards a range finds
+    /// ready are cut by the pending count, so that pending shards bunched
+    /// in one range (a resume) still spread. No range at all when nothing
+    /// is pending (a resume of a finished plan).
+    fn spawn_start_ranges(self: &Arc<Self>, cpu_stages: &[usize]) {
+        let dag = self.dag();
+        let leaf_total: usize = cpu_stages
+            .iter()
+            .map(|&stage| dag.stages[stage].shard_count as usize)
+            .sum();
+        // Read while blocking-lane jobs may already settle shards: the
+        // count only sizes the jobs.
+        let pending_total: usize = cpu_stages
+            .iter()
+            .map(|&stage| self.stage_left[stage].load(Ordering::SeqCst) as usize)
+            .sum();
+        if pending_total == 0 {
+            return;
+        }
+        let range_len = self.job_len(leaf_total) as u32;
+        let piece_len = self.job_len(pending_total);
+        let mut ranges: Vec<_> = cpu_stages
+            .iter()
+            .map(|&stage| {
+                let leaves = dag.stages[stage].leaves();
+                (leaves.start..leaves.end)
+                    .step_by(range_len as usize)
+                    .map(move |start| start..start.saturating_add(range_len).min(leaves.end))
+            })
+            .collect();
+        let fair = cpu_stages
+            .iter()
+            .any(|&stage| self.input.schedulers[stage] == SchedulerKind::FairRoundRobin);
+        if fair {
+            // One range of each stage in turn.
+            let mut any = true;
+            while any {
+                any = false;
+                for stage_ranges in &mut ranges {
+                    if let Some(range) = stage_ranges.next() {
+                        self.spawn_ready_range(range, piece_len);
+                        any = true;
+                    }
+                }
+            }
+        } else {
+            for range in ranges.into_iter().flatten() {
+                self.spawn_ready_range(range, piece_len);
+            }
         }
     }
 
-    // Wait for the end: every shard terminal, or a stop with no job left.
-    // Conditions are checked under the lock `job_done` notifies under, so
-    // no wakeup is lost (the timeout only paces the timebox check).
-    let wait = |guard| {
-        shared
-            .wake
-            .1
-            .wait_timeout(guard, Duration::from_millis(20))
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-    };
-    let mut guard = shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        if shared.terminal_left.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        if let Some(timebox) = shared.options.timebox {
-            if Instant::now() >= timebox {
-                shared.control.stop(StopReason::Timeboxed);
+    /// Waits, on the caller's thread, for the end: every shard terminal and
+    /// every job ended, or a stop with no job left. Stops the run when its
+    /// timebox runs out.
+    fn wait_for_end(&self) -> End {
+        // Conditions are checked under the lock `job_done` notifies under,
+        // so no wakeup is lost (the timeout only paces the timebox check).
+        let wait = |guard| {
+            self.wake
+                .1
+                .wait_timeout(guard, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+        };
+        let mut guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.terminal_left.load(Ordering::SeqCst) == 0 {
+                break;
             }
+            if let Some(timebox) = self.options.timebox {
+                if Instant::now() >= timebox {
+                    self.control.stop(StopReason::Timeboxed);
+                }
+            }
+            if self.control.is_stopped() && self.jobs_in_flight.load(Ordering::SeqCst) == 0 {
+                return End::Stopped;
+            }
+            guard = wait(guard);
         }
-        if shared.control.is_stopped() && shared.jobs_in_flight.load(Ordering::SeqCst) == 0 {
-            drop(guard);
-            shared.sweep();
-            return;
+        // Every job hands its last outcomes to the sink before it ends:
+        // once none is left, the sink has them all.
+        while self.jobs_in_flight.load(Ordering::SeqCst) != 0 {
+            guard = wait(guard);
         }
-        guard = wait(guard);
-    }
-    // Every job hands its last outcomes to the sink before it ends: once
-    // none is left, the sink has them all.
-    while shared.jobs_in_flight.load(Ordering::SeqCst) != 0 {
-        guard = wait(guard);
+        End::Finished
     }
 }
 

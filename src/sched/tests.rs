@@ -675,7 +675,50 @@ fn after_a_stop_the_sweep_stops_the_shards_no_job_reached() {
     assert_eq!(probe.started(), vec![0]);
 }
 
-/// Outcome digests by leaf of a run of `dag` with the given splitting.
+#[test]
+fn the_sweep_stops_the_pending_and_claimed_shards_and_no_others() {
+    // The state a stopped run's jobs may leave behind, once none is left.
+    let dag = one_stage(6, 1);
+    let sink = Arc::new(Recording::default());
+    let control = Control::new();
+    let input = input_for(
+        &dag,
+        Arc::new(Probe::default()),
+        SchedulerKind::FairRoundRobin,
+    );
+    let shared = Shared::new(input, options(1), control.clone(), sink.clone());
+    let before = [DONE, FAILED, BLOCKED, STOPPED, CLAIMED, PENDING];
+    for (leaf, state) in before.into_iter().enumerate() {
+        shared.state[leaf].store(state, Ordering::SeqCst);
+    }
+    // Six pending at the start, four of them accounted for.
+    shared.terminal_left.store(2, Ordering::SeqCst);
+    control.stop(StopReason::Timeboxed);
+    shared.sweep();
+
+    let timed_out = |leaf| Outcome {
+        leaf,
+        kind: OutcomeKind::Failed {
+            error: "aborted: plan timebox exceeded".into(),
+            aborted: true,
+        },
+        attempts: 0,
+        duration_us: 0,
+    };
+    assert_eq!(
+        *sink.outcomes.lock().unwrap(),
+        vec![timed_out(4), timed_out(5)]
+    );
+    let after: Vec<u8> = shared
+        .state
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(after, [DONE, FAILED, BLOCKED, STOPPED, STOPPED, STOPPED]);
+    assert_eq!(shared.terminal_left.load(Ordering::SeqCst), 0);
+}
+
+/// The Done digest of each leaf (every terminal outcome must be Done).
 fn done_digests(outcomes: &[Outcome]) -> HashMap<u32, Hash> {
     terminal_by_leaf(outcomes)
         .into_iter()
@@ -729,36 +772,39 @@ fn a_hot_stage_splits_its_shards_and_the_pieces_recombine_to_the_unsplit_digest(
             assert_eq!(calls, vec![0..8]);
             continue;
         }
-        assert_eq!(calls, vec![0..2, 2..4, 4..6, 6..8], "leaf {leaf}");
-        // Split first, a piece outcome per piece, the shard's outcome last.
-        let OutcomeKind::Split { pieces, p95_us } = of_leaf[0].kind else {
-            panic!("leaf {leaf} did not split: {of_leaf:?}");
-        };
-        assert_eq!(pieces, 4);
-        assert!(p95_us > 1000, "p95 {p95_us} µs is not over the threshold");
-        let mut pieces_done: Vec<(u32, Hash)> = of_leaf[1..5]
-            .iter()
-            .map(|o| match o.kind {
-                OutcomeKind::Piece { piece, digest } => (piece, digest),
-                ref other => panic!("leaf {leaf}: {other:?}"),
-            })
-            .collect();
-        pieces_done.sort_unstable();
-        for (piece, digest) in &pieces_done {
-            let units = calls[*piece as usize].clone();
-            assert_eq!(
-                *digest,
-                units_digest(u64::from(leaf), units),
-                "leaf {leaf} piece {piece}"
-            );
-        }
-        assert_eq!(
-            pieces_done.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3]
-        );
-        assert_eq!(of_leaf.len(), 6, "{of_leaf:?}");
-        assert!(done(of_leaf[5]));
+        check_split_shard(leaf, &of_leaf, &calls);
     }
+}
+
+/// Checks what a shard split into 4 pieces of 2 units made: its `outcomes`
+/// are a Split, then one Piece per piece (each the digest of its units),
+/// then its Done; the executor was called once per piece (`calls`, sorted).
+fn check_split_shard(leaf: u32, outcomes: &[&Outcome], calls: &[std::ops::Range<u64>]) {
+    assert_eq!(calls, [0..2, 2..4, 4..6, 6..8], "leaf {leaf}");
+    assert_eq!(outcomes.len(), 6, "leaf {leaf}: {outcomes:?}");
+    let OutcomeKind::Split { pieces, p95_us } = outcomes[0].kind else {
+        panic!("leaf {leaf} did not split: {outcomes:?}");
+    };
+    assert_eq!(pieces, 4);
+    assert!(p95_us > 1000, "p95 {p95_us} µs is not over the threshold");
+    let mut pieces_done: Vec<(u32, Hash)> = outcomes[1..5]
+        .iter()
+        .map(|o| match o.kind {
+            OutcomeKind::Piece { piece, digest } => (piece, digest),
+            ref other => panic!("leaf {leaf}: {other:?}"),
+        })
+        .collect();
+    pieces_done.sort_unstable();
+    let expected: Vec<(u32, Hash)> = (0..4u32)
+        .map(|piece| {
+            (
+                piece,
+                units_digest(u64::from(leaf), calls[piece as usize].clone()),
+            )
+        })
+        .collect();
+    assert_eq!(pieces_done, expected, "leaf {leaf}");
+    assert!(done(outcomes[5]), "leaf {leaf}: {:?}", outcomes[5]);
 }
 
 #[test]
