@@ -1060,64 +1060,24 @@ impl Shared {
                     Some(outcome) => outcome,
                     None => {
                         let Some(leaf) = leaves.pop() else { break };
-                        if self.control.is_stopped() {
-                            Outcome {
-                                leaf,
-                                kind: self.stop_outcome(),
-                                attempts: 0,
-                                duration_us: 0,
-                            }
-                        } else {
-                            if self.wait_for_log(leaf) {
-                                clock = None;
-                            }
-                            slot.started.fetch_add(1, Ordering::Relaxed);
-                            if let Some(pieces) = self.split_pieces(leaf) {
-                                // The pieces finish the shard later, elsewhere.
-                                self.start_split(leaf, pieces, &mut batch, blocking);
-                                clock = None;
-                                continue;
-                            }
-                            let started = clock.take().unwrap_or_else(Instant::now);
-                            let (outcome, ended) = self.execute(leaf, started);
-                            clock = ended;
-                            slot.finished.fetch_add(1, Ordering::Relaxed);
-                            outcome
+                        match self.run_shard(leaf, slot, &mut batch, &mut clock, blocking) {
+                            Some(outcome) => outcome,
+                            // Split: the pieces finish the shard later,
+                            // elsewhere.
+                            None => continue,
                         }
                     }
                 };
                 let leaf = outcome.leaf;
-                let ok = matches!(outcome.kind, OutcomeKind::Done(_));
-                let stopped = matches!(outcome.kind, OutcomeKind::Abandoned)
-                    || matches!(&outcome.kind, OutcomeKind::Failed { aborted: true, .. });
-                if ok {
-                    self.note_duration(leaf, outcome.duration_us);
-                }
-                self.state[leaf as usize].store(
-                    if ok {
-                        DONE
-                    } else if stopped {
-                        STOPPED
-                    } else {
-                        FAILED
-                    },
-                    Ordering::SeqCst,
-                );
-                if batch.push(outcome) {
-                    clock = None;
-                }
-                if stopped {
-                    // A stopped run settles nothing: the sweep accounts for
-                    // the rest.
-                    self.terminal_left.fetch_sub(1, Ordering::SeqCst);
+                let Some(ok) = self.record(outcome, &mut batch, &mut clock) else {
                     continue;
-                }
+                };
                 stack.push((leaf, ok));
                 self.settle(&mut stack, &mut batch, &mut ready, &mut tally);
                 self.route(&mut ready, &mut leaves, blocking);
             }
-            // Stage counters are applied once per job; finishing a stage may
-            // ready a whole downstream stage.
+            // Stage counters are applied once per pass; finishing a stage
+            // may ready a whole downstream stage.
             self.flush(&mut stack, &mut batch, &mut ready, &mut tally);
             clock = None;
             self.route(&mut ready, &mut leaves, blocking);
@@ -1125,6 +1085,81 @@ impl Shared {
                 break;
             }
         }
+    }
+
+    /// Runs `leaf`, claimed by this job, or gives it the stop outcome if
+    /// the run is stopped. Returns `None` when it was split instead (its
+    /// pieces complete it later). `clock` is when the previous shard on this
+    /// worker ended, unless something that may wait came since.
+    #[inline]
+    fn run_shard(
+        self: &Arc<Self>,
+        leaf: u32,
+        slot: &Slot,
+        batch: &mut Batch<'_>,
+        clock: &mut Option<Instant>,
+        blocking: bool,
+    ) -> Option<Outcome> {
+        if self.control.is_stopped() {
+            return Some(Outcome {
+                leaf,
+                kind: self.stop_outcome(),
+                attempts: 0,
+                duration_us: 0,
+            });
+        }
+        if self.wait_for_log(leaf) {
+            *clock = None;
+        }
+        slot.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(pieces) = self.split_pieces(leaf) {
+            self.start_split(leaf, pieces, batch, blocking);
+            *clock = None;
+            return None;
+        }
+        let started = clock.take().unwrap_or_else(Instant::now);
+        let (outcome, ended) = self.execute(leaf, started);
+        *clock = ended;
+        slot.finished.fetch_add(1, Ordering::Relaxed);
+        Some(outcome)
+    }
+
+    /// Gives `outcome`'s shard its terminal state and batches the outcome.
+    /// Returns whether the shard succeeded, to be settled; `None` for a
+    /// stop outcome, which settles nothing (the sweep accounts for the
+    /// rest of a stopped run).
+    #[inline]
+    fn record(
+        &self,
+        outcome: Outcome,
+        batch: &mut Batch<'_>,
+        clock: &mut Option<Instant>,
+    ) -> Option<bool> {
+        let leaf = outcome.leaf;
+        let ok = matches!(outcome.kind, OutcomeKind::Done(_));
+        let stopped = matches!(outcome.kind, OutcomeKind::Abandoned)
+            || matches!(&outcome.kind, OutcomeKind::Failed { aborted: true, .. });
+        if ok {
+            self.note_duration(leaf, outcome.duration_us);
+        }
+        self.state[leaf as usize].store(
+            if ok {
+                DONE
+            } else if stopped {
+                STOPPED
+            } else {
+                FAILED
+            },
+            Ordering::SeqCst,
+        );
+        if batch.push(outcome) {
+            *clock = None;
+        }
+        if stopped {
+            self.terminal_left.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(ok)
     }
 
     /// `backpressure_aware` stages wait while the log writer's queue is
@@ -1486,19 +1521,8 @@ impl Shared {
                     last_error = format!("panicked: {}", panic_message(payload.as_ref()))
                 }
             }
-            if attempt < self.options.max_attempts {
-                let backoff_ms = self
-                    .options
-                    .retry_backoff_ms
-                    .saturating_mul(1u64 << (attempt - 1).min(20))
-                    .min(crate::limits::RETRY_BACKOFF_MAX_MS);
-                let until = Instant::now() + Duration::from_millis(backoff_ms);
-                while Instant::now() < until && !self.control.is_stopped() {
-                    std::thread::sleep(Duration::from_millis(backoff_ms.min(10)));
-                }
-                if self.control.is_stopped() {
-                    return Err((String::new(), attempts));
-                }
+            if attempt < self.options.max_attempts && self.back_off(attempt) {
+                return Err((String::new(), attempts));
             }
         }
         truncate_utf8(&mut last_error, crate::limits::ERROR_TEXT_BYTES_MAX);
@@ -1506,6 +1530,22 @@ impl Shared {
             last_error = "failed".into();
         }
         Err((last_error, attempts))
+    }
+
+    /// Sleeps the backoff after failed attempt `attempt` (exponential from
+    /// `retry_backoff_ms`, capped), waking early on a stop. Returns whether
+    /// the run was stopped.
+    fn back_off(&self, attempt: u32) -> bool {
+        let backoff_ms = self
+            .options
+            .retry_backoff_ms
+            .saturating_mul(1u64 << (attempt - 1).min(20))
+            .min(crate::limits::RETRY_BACKOFF_MAX_MS);
+        let until = Instant::now() + Duration::from_millis(backoff_ms);
+        while Instant::now() < until && !self.control.is_stopped() {
+            std::thread::sleep(Duration::from_millis(backoff_ms.min(10)));
+        }
+        self.control.is_stopped()
     }
 }
 
