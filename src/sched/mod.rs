@@ -8,9 +8,9 @@
 //! policy" what a panic does (an executor's fails its shard; any other
 //! aborts the process). In short:
 //! - a shard moves PENDING -> CLAIMED -> (running) -> DONE | FAILED, or
-//!   PENDING -> BLOCKED when something upstream failed, or to ABANDONED /
-//!   aborted when the run stops; every transition out of PENDING is a
-//!   compare-and-swap, so each shard gets exactly one outcome;
+//!   PENDING -> BLOCKED when something upstream failed, or to STOPPED
+//!   (abandoned or aborted) when the run stops; every transition out of
+//!   PENDING is a compare-and-swap, so each shard gets exactly one outcome;
 //! - a shard becomes ready when its shard-level dependency counter and its
 //!   stage's barrier counter both reach zero;
 //! - outcomes go in batches to an [`OutcomeSink`] on the worker's thread;
@@ -109,7 +109,9 @@ pub struct Control {
     // INVARIANT: false until the first `stop`, true from then on (nothing
     // clears it). Set inside `reason`'s critical section, after `reason`
     // is filled in, so whoever sees it true and then locks `reason` finds
-    // `Some`. Executors watch it through their `CancelToken`.
+    // `Some`. Executors watch it through their `CancelToken` (which could
+    // also set it, with no reason, through `CancelToken::cancel`; no
+    // executor does).
     cancel: AtomicBool,
     // INVARIANT: `None` until the first `stop`; then the first reason
     // given, never replaced. Held only for a store or a clone.
