@@ -161,6 +161,15 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             emit(&String::from_utf8_lossy(&buffer))?;
             Ok(exit::SUCCESS)
         }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut buffer = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut buffer)
+                .context("rendering the man page")?;
+            emit(&String::from_utf8_lossy(&buffer))?;
+            Ok(exit::SUCCESS)
+        }
     }
 }
 

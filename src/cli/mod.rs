@@ -308,6 +308,8 @@ pub enum Command {
         /// The shell to complete for
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff: `hxo man | man -l -`)
+    Man,
 }
 
 #[derive(Subcommand, Debug)]

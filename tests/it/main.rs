@@ -1,6 +1,7 @@
 //! HXO's integration tests: one binary (ripgrep's layout), one module per
 //! area, each with its own `check()`-style helpers in `support`.
 
+mod cli;
 mod crash;
 mod deploy;
 mod golden;
