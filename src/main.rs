@@ -2,6 +2,7 @@
 //! an exit code (`cli::exit`). All the work is in the library.
 
 use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let json = cli.global.json;
     match hxo::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
@@ -36,7 +38,19 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
+            if json {
+                print_json_error(&error);
+            }
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// Under `--json` an error is one JSON object on stdout (commands print
+/// nothing there before failing), so a script reads stdout either way.
+/// The exit code says it failed; a closed stdout has nobody to tell.
+fn print_json_error(error: &hxo::cli::CliError) {
+    let object = serde_json::Value::Object(error.to_json());
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{object:#}").and_then(|()| stdout.flush());
 }

@@ -572,14 +572,20 @@ fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
         ))?;
     }
     if verification.ok {
-        Ok(exit::SUCCESS)
-    } else {
-        Err(CliError::Verify(format!(
-            "plan {}: {}",
-            plan_id_text(&plan_id),
-            verification.detail
-        )))
+        return Ok(exit::SUCCESS);
     }
+    let error = CliError::Verify(format!(
+        "plan {}: {}",
+        plan_id_text(&plan_id),
+        verification.detail
+    ));
+    if global.json {
+        // The verification object is this command's one JSON document and
+        // says what failed (`ok`, `detail`); the error goes to stderr only.
+        eprintln!("hxo: error: {error}");
+        return Ok(error.exit_code());
+    }
+    Err(error)
 }
 
 fn plans(global: &GlobalArgs) -> Result<u8, CliError> {

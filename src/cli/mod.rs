@@ -1,8 +1,11 @@
 //! The command line: parses arguments with clap, resolves settings (flags
 //! beat `HXO_*` variables, which beat defaults) and calls the engine.
 //!
-//! Machine output (`--json`) goes to stdout and is stable; logs and the
-//! progress bar go to stderr (no bar when stderr is not a terminal). Exit
+//! Machine output (`--json`) goes to stdout and is stable: one JSON
+//! document per command (`hxo export` excepted: one JSON line per shard).
+//! A command that fails prints [`CliError::to_json`] there instead,
+//! `{"error": ..., "path": ...}`. Logs, the progress bar and the human form
+//! of errors go to stderr (no bar when stderr is not a terminal). Exit
 //! codes are [`exit`]'s, mapped in [`CliError::exit_code`].
 
 mod commands;
@@ -122,6 +125,29 @@ impl CliError {
             CliError::Engine(EngineError::Invalid(error)) => Some(error.path()),
             _ => None,
         }
+    }
+
+    /// The message followed by its causes, joined by ": ".
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    /// The error as `--json` prints it: `{"error": MESSAGE}`, with
+    /// `"path"` (the JSON path) for a plan error.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut object = serde_json::Map::new();
+        object.insert("error".into(), self.message().into());
+        if let Some(path) = self.path() {
+            object.insert("path".into(), path.into());
+        }
+        object
     }
 }
 
@@ -392,6 +418,22 @@ mod tests {
         let plan = help("status", "plan_id");
         let plan_min = crate::ids::PLAN_ID_PREFIX_LEN_MIN.to_string();
         assert!(plan.contains(&format!("at least {plan_min}")), "{plan}");
+    }
+
+    #[test]
+    fn json_errors_join_causes_and_carry_plan_paths() {
+        let internal = CliError::Internal(anyhow::anyhow!("disk full").context("writing a record"));
+        assert_eq!(
+            serde_json::Value::Object(internal.to_json()),
+            serde_json::json!({"error": "writing a record: disk full"})
+        );
+        let plan = CliError::from(crate::plan::PlanSpec::from_json("{}").unwrap_err());
+        let object = plan.to_json();
+        assert_eq!(object["path"], plan.path().unwrap().as_str());
+        assert!(object["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid plan: "));
     }
 
     #[test]

@@ -1,6 +1,81 @@
-//! The CLI's own conventions: `hxo man`, and (below) what `--json` prints.
+//! The CLI's own conventions: under `--json` stdout is exactly one JSON
+//! document (errors too), and `hxo man` prints the man page.
 
 use crate::support::*;
+use serde_json::Value;
+
+/// A small plan that runs in milliseconds.
+const PLAN: &str =
+    r#"{"name": "x", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 4}}]}"#;
+
+/// A plan whose kind does not exist: invalid at `stages[0].kind`.
+const BAD_PLAN: &str = r#"{"name": "x", "stages": [{"id": "a", "kind": "synthetic.nope"}]}"#;
+
+/// Parses stdout as exactly one JSON object (trailing output fails).
+#[track_caller]
+fn object(output: &std::process::Output) -> serde_json::Map<String, Value> {
+    match json(output) {
+        Value::Object(map) => map,
+        other => panic!("stdout is not one JSON object: {other}"),
+    }
+}
+
+#[test]
+fn errors_under_json_are_one_object_on_stdout_with_the_exit_code() {
+    let sandbox = Sandbox::new();
+    let bad = sandbox.plan("bad.json", BAD_PLAN);
+    let bad = bad.to_str().unwrap();
+
+    let output = sandbox.run(&["run", "--json", bad]);
+    assert_code(&output, 2);
+    let error = object(&output);
+    assert_eq!(error["path"], "stages[0].kind", "{error:?}");
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.contains("unknown kind \"synthetic.nope\""),
+        "{message}"
+    );
+    assert_eq!(error.len(), 2, "{error:?}");
+    // The human form still goes to stderr; without --json stdout is empty.
+    assert!(stderr(&output).contains("unknown kind"));
+    let human = sandbox.run(&["run", bad]);
+    assert_code(&human, 2);
+    assert_eq!(stdout(&human), "");
+
+    // An error that is not about a plan's JSON has no path.
+    let plan = sandbox.plan("x.json", PLAN);
+    assert_code(&sandbox.run(&["run", plan.to_str().unwrap()]), 0);
+    let unknown = sandbox.run(&["status", "--json", "00000000-0000-0000-0000-000000000000"]);
+    assert_code(&unknown, 2);
+    let error = object(&unknown);
+    assert!(
+        error["error"].as_str().unwrap().contains("not found"),
+        "{error:?}"
+    );
+    assert!(!error.contains_key("path"), "{error:?}");
+
+    // Causes are joined into the one message, as stderr lists them.
+    let file = sandbox.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let output = sandbox.run(&[
+        "--db",
+        file.to_str().unwrap(),
+        "run",
+        "--json",
+        &plan.to_string_lossy(),
+    ]);
+    assert_code(&output, 1);
+    let message = object(&output)["error"].as_str().unwrap().to_string();
+    let causes = stderr(&output);
+    let cause = causes
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("caused by: "))
+        .unwrap_or_else(|| panic!("no cause on stderr:\n{causes}"));
+    assert!(
+        message.ends_with(&format!(": {cause}")),
+        "{message} / {causes}"
+    );
+}
 
 #[test]
 fn hxo_man_prints_a_roff_page_naming_the_subcommands() {
