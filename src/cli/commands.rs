@@ -330,7 +330,10 @@ fn whoami() -> String {
 
 /// Compiles a plan file without a store (`plan validate`, `plan explain`).
 fn compile_file(global: &GlobalArgs, path: &Path) -> Result<Compiled, CliError> {
-    let settings = settings(global)?;
+    compile_with(&settings(global)?, path)
+}
+
+fn compile_with(settings: &Settings, path: &Path) -> Result<Compiled, CliError> {
     let (spec, base_dir) = read_plan(path)?;
     let defaults = crate::plan::PlanDefaults {
         default_slo_ms: settings.default_slo_ms,
@@ -339,8 +342,24 @@ fn compile_file(global: &GlobalArgs, path: &Path) -> Result<Compiled, CliError> 
     Ok(engine::compile(spec, &base_dir, defaults)?)
 }
 
+/// `plan validate`. Under `--json` an invalid (or unreadable) plan file is
+/// an answer, not a failure of the command: `{"valid": false, "error",
+/// "path"}` on stdout, the human message on stderr, and the error's exit
+/// code (2). Bad settings are still an error object.
 fn validate(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
-    let compiled = compile_file(global, path)?;
+    let settings = settings(global)?;
+    let compiled = match compile_with(&settings, path) {
+        Ok(compiled) => compiled,
+        Err(error) if global.json => {
+            eprintln!("hxo: error: {}", error.message());
+            let mut object = serde_json::Map::new();
+            object.insert("valid".into(), false.into());
+            object.extend(error.to_json());
+            emit_json(&object)?;
+            return Ok(error.exit_code());
+        }
+        Err(error) => return Err(error),
+    };
     if global.json {
         emit_json(&json!({"valid": true, "name": compiled.plan.name,
                           "total_shards": compiled.dag.shard_count()}))?;

@@ -2,7 +2,7 @@
 //! document (errors too), and `hxo man` prints the man page.
 
 use crate::support::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A small plan that runs in milliseconds.
 const PLAN: &str =
@@ -74,6 +74,33 @@ fn errors_under_json_are_one_object_on_stdout_with_the_exit_code() {
     assert!(
         message.ends_with(&format!(": {cause}")),
         "{message} / {causes}"
+    );
+}
+
+#[test]
+fn plan_validate_json_answers_valid_false_with_the_path() {
+    let sandbox = Sandbox::new();
+    let bad = sandbox.plan("bad.json", BAD_PLAN);
+    let output = sandbox.run(&["plan", "validate", "--json", bad.to_str().unwrap()]);
+    assert_code(&output, 2);
+    let answer = object(&output);
+    assert_eq!(answer["valid"], false, "{answer:?}");
+    assert_eq!(answer["path"], "stages[0].kind");
+    assert!(answer["error"].as_str().unwrap().contains("unknown kind"));
+
+    let missing = sandbox.path().join("missing.json");
+    let output = sandbox.run(&["plan", "validate", "--json", missing.to_str().unwrap()]);
+    assert_code(&output, 2);
+    let answer = object(&output);
+    assert_eq!(answer["valid"], false);
+    assert!(answer["error"].as_str().unwrap().contains("missing.json"));
+
+    let good = sandbox.plan("x.json", PLAN);
+    let output = sandbox.run(&["plan", "validate", "--json", good.to_str().unwrap()]);
+    assert_code(&output, 0);
+    assert_eq!(
+        Value::Object(object(&output)),
+        json!({"valid": true, "name": "x", "total_shards": 4})
     );
 }
 
