@@ -10,6 +10,7 @@ use crate::hash::to_hex;
 use crate::http::{Service, ServiceConfig};
 use crate::ids::plan_id_text;
 use crate::plan::{PlanSpec, StageSpec};
+use crate::report::Report;
 use crate::settings::{Overrides, Settings};
 use crate::signals;
 use anyhow::Context;
@@ -104,7 +105,8 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             let (spec, base_dir) = read_plan(&path)?;
             let worker =
                 worker_slice(worker_count, worker_index, &|name| std::env::var(name).ok())?;
-            run_plan(global, spec, &base_dir, dry_run, worker)
+            let summary = run_plan(global, spec, &base_dir, dry_run, worker)?;
+            finish(global, &summary)
         }
         Command::Run {
             plan: None,
@@ -126,7 +128,8 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             dry_run,
         } => {
             let spec = deploy_plan(&stages, database.as_deref())?;
-            run_new(global, spec, &root, dry_run)
+            let summary = run_plan(global, spec, &root, dry_run, None)?;
+            finish(global, &summary)
         }
         Command::Resume { plan_id } => resume(global, plan_id.as_deref()),
         Command::Plans => plans(global),
@@ -182,12 +185,14 @@ fn exit_code(end: &RunEnd) -> u8 {
     }
 }
 
-fn print_summary(global: &GlobalArgs, summary: &RunSummary) -> Result<(), CliError> {
+/// Prints a run's report and gives its exit code.
+fn finish(global: &GlobalArgs, summary: &RunSummary) -> Result<u8, CliError> {
     if global.json {
-        emit_json(&summary.report)
+        emit_json(&summary.report)?;
     } else {
-        emit(&summary.report.render())
+        emit(&summary.report.render())?;
     }
+    Ok(exit_code(&summary.end))
 }
 
 /// Runs a plan's ticket in this thread with a progress bar; SIGINT or
@@ -207,15 +212,6 @@ fn execute(engine: &Arc<Engine>, ticket: RunTicket) -> Result<RunSummary, CliErr
         );
     }
     Ok(summary)
-}
-
-fn run_new(
-    global: &GlobalArgs,
-    spec: PlanSpec,
-    base_dir: &Path,
-    dry_run: bool,
-) -> Result<u8, CliError> {
-    run_plan(global, spec, base_dir, dry_run, None)
 }
 
 /// The worker slice from `--worker-count` and `--worker-index`, the index
@@ -265,7 +261,7 @@ fn run_plan(
     base_dir: &Path,
     dry_run: bool,
     worker: Option<crate::plan::WorkerSlice>,
-) -> Result<u8, CliError> {
+) -> Result<RunSummary, CliError> {
     let engine = open_engine(global)?;
     let mut compiled = engine.compile(spec, base_dir)?;
     if worker.is_some_and(|w| w.count > 1) {
@@ -287,15 +283,15 @@ fn run_plan(
     // take a while for memory the OS takes back at once.
     std::mem::forget(dag);
     std::mem::forget(engine);
-    let summary = summary?;
-    print_summary(global, &summary)?;
-    Ok(exit_code(&summary.end))
+    summary
 }
 
 /// `hxo run` with no plan file: the guide's `deploy_full_stack` against the
 /// embedded fixture project, written into the state directory. The
 /// migration kind requires a dry run, so one comes first (unless the user
-/// asked for the dry run alone).
+/// asked for the dry run alone). Under `--json` both reports are one
+/// document, `{"dry_run": REPORT, "run": REPORT or null}`; the human form
+/// prints each report as its run ends.
 fn run_demo(global: &GlobalArgs, dry_run_only: bool) -> Result<u8, CliError> {
     let settings = settings(global)?;
     let dir = settings.state_dir().join("demo");
@@ -308,20 +304,35 @@ fn run_demo(global: &GlobalArgs, dry_run_only: bool) -> Result<u8, CliError> {
     }
     let spec = PlanSpec::from_json(crate::demo::DEPLOY_PLAN)?;
     eprintln!("hxo: dry run of deploy_full_stack in {}", dir.display());
-    let code = run_new(
-        &GlobalArgs {
-            json: false,
-            ..global.clone()
-        },
-        spec.clone(),
-        &dir,
-        true,
-    )?;
-    if code != exit::SUCCESS || dry_run_only {
-        return Ok(code);
+    let dry_run = run_plan(global, spec.clone(), &dir, true, None)?;
+    if !global.json {
+        emit(&dry_run.report.render())?;
     }
-    eprintln!("hxo: dry run passed; running deploy_full_stack for real");
-    run_new(global, spec, &dir, false)
+    let run = if dry_run.end == RunEnd::Succeeded && !dry_run_only {
+        eprintln!("hxo: dry run passed; running deploy_full_stack for real");
+        let run = run_plan(global, spec, &dir, false, None)?;
+        if !global.json {
+            emit(&run.report.render())?;
+        }
+        Some(run)
+    } else {
+        None
+    };
+    if global.json {
+        emit_json(&DemoReports {
+            dry_run: &dry_run.report,
+            run: run.as_ref().map(|run| &run.report),
+        })?;
+    }
+    Ok(exit_code(&run.as_ref().unwrap_or(&dry_run).end))
+}
+
+/// `hxo run --json` with no plan file.
+#[derive(serde::Serialize)]
+struct DemoReports<'a> {
+    dry_run: &'a Report,
+    /// None when only the dry run ran (asked for, or it did not pass).
+    run: Option<&'a Report>,
 }
 
 fn whoami() -> String {
@@ -528,8 +539,7 @@ fn resume_plans(
         let ticket = engine.resume(&plan_id)?;
         eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
         let summary = execute(engine, ticket)?;
-        print_summary(global, &summary)?;
-        worst = worst.max(exit_code(&summary.end));
+        worst = worst.max(finish(global, &summary)?);
         if summary.end == RunEnd::Interrupted {
             break;
         }
@@ -549,9 +559,7 @@ fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
         execute(&engine, ticket)
     })();
     engine.close()?;
-    let summary = outcome?;
-    print_summary(global, &summary)?;
-    Ok(exit_code(&summary.end))
+    finish(global, &outcome?)
 }
 
 fn abort(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {

@@ -105,6 +105,35 @@ fn plan_validate_json_answers_valid_false_with_the_path() {
 }
 
 #[test]
+fn the_demo_run_under_json_prints_one_document_with_both_reports() {
+    let sandbox = Sandbox::new();
+    let output = sandbox.run(&["run", "--json"]);
+    assert_code(&output, 0);
+    let reports = object(&output);
+    let keys: Vec<&str> = reports.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["dry_run", "run"]);
+    let (dry_run, run) = (&reports["dry_run"], &reports["run"]);
+    for report in [dry_run, run] {
+        assert_eq!(report["plan_name"], "deploy_full_stack", "{report}");
+        assert_eq!(report["truth_certified"], true, "{report}");
+    }
+    assert_ne!(dry_run["plan_id"], run["plan_id"]);
+
+    // The dry run alone: no real run, and `run` says so.
+    let output = sandbox.run(&["run", "--json", "--dry-run"]);
+    assert_code(&output, 0);
+    let reports = object(&output);
+    assert_eq!(reports["dry_run"]["truth_certified"], true);
+    assert_eq!(reports["run"], Value::Null);
+
+    // The human form is the rendered report, not JSON.
+    let output = sandbox.run(&["run", "--dry-run"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(text.starts_with("plan      deploy_full_stack ("), "{text}");
+}
+
+#[test]
 fn hxo_man_prints_a_roff_page_naming_the_subcommands() {
     let output = Sandbox::new().run(&["man"]);
     assert_code(&output, 0);
