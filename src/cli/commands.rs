@@ -521,6 +521,9 @@ fn resume(global: &GlobalArgs, plan_id: Option<&str>) -> Result<u8, CliError> {
 
 /// Resumes one plan, or every resumable one (like the server's
 /// rehydration: created plans that were never submitted are not started).
+/// The human form prints each report as its run ends; `--json` prints one
+/// document once all have run, `{"resumed": [REPORT, ...]}` (empty when
+/// nothing was incomplete).
 fn resume_plans(
     global: &GlobalArgs,
     engine: &Arc<Engine>,
@@ -532,17 +535,25 @@ fn resume_plans(
     };
     if targets.is_empty() {
         eprintln!("hxo: no incomplete plans");
-        return Ok(exit::SUCCESS);
     }
     let mut worst = exit::SUCCESS;
+    let mut reports = Vec::new();
     for plan_id in targets {
         let ticket = engine.resume(&plan_id)?;
         eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
         let summary = execute(engine, ticket)?;
-        worst = worst.max(finish(global, &summary)?);
-        if summary.end == RunEnd::Interrupted {
+        if !global.json {
+            emit(&summary.report.render())?;
+        }
+        worst = worst.max(exit_code(&summary.end));
+        let interrupted = summary.end == RunEnd::Interrupted;
+        reports.push(summary.report);
+        if interrupted {
             break;
         }
+    }
+    if global.json {
+        emit_json(&json!({ "resumed": reports }))?;
     }
     Ok(worst)
 }

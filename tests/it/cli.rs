@@ -134,6 +134,16 @@ fn the_demo_run_under_json_prints_one_document_with_both_reports() {
 }
 
 #[test]
+fn resume_under_json_prints_one_document_however_many_plans_it_resumes() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan("x.json", PLAN);
+    assert_code(&sandbox.run(&["run", plan.to_str().unwrap()]), 0);
+    let output = sandbox.run(&["resume", "--json"]);
+    assert_code(&output, 0);
+    assert_eq!(Value::Object(object(&output)), json!({"resumed": []}));
+}
+
+#[test]
 fn hxo_man_prints_a_roff_page_naming_the_subcommands() {
     let output = Sandbox::new().run(&["man"]);
     assert_code(&output, 0);

@@ -41,7 +41,7 @@ fn ctrl_c_exits_130_and_the_run_resumes_to_the_same_root() {
 
     let resumed = sandbox.run_env(&["resume", "--json"], &[("HXO_THREADS", "4")]);
     assert_code(&resumed, 0);
-    let resumed = json(&resumed);
+    let resumed = json(&resumed)["resumed"][0].clone();
     assert_eq!(resumed["done_shards"], 40);
     assert_eq!(resumed["rehydrations"], 1);
     let clean = Sandbox::new();
