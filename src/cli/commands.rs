@@ -626,11 +626,12 @@ fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
     Err(error)
 }
 
+/// `hxo plans`; `--json` prints what `GET /api/hxo/plans` answers.
 fn plans(global: &GlobalArgs) -> Result<u8, CliError> {
     let engine = open_read_only(global)?;
     let rows = engine.plans();
     if global.json {
-        emit_json(&rows)?;
+        emit_json(&json!({ "plans": rows }))?;
     } else {
         let mut text = String::new();
         for row in &rows {
@@ -665,6 +666,9 @@ fn status(global: &GlobalArgs, text: &str, full: bool) -> Result<u8, CliError> {
     Ok(exit::SUCCESS)
 }
 
+/// `hxo events`; `--json` prints what `GET /api/genesis/events` answers,
+/// `{"events": [...], "last_seq": N}`, `last_seq` being the highest
+/// sequence number in the store (where `since` would continue from).
 fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Result<u8, CliError> {
     if let Some(topic) = topic {
         if crate::events::topic(topic).is_none() {
@@ -679,26 +683,26 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
         Some(text) => Some(plan_id_text(&engine.find(text)?)),
         None => None,
     };
+    let shown: Vec<_> = engine
+        .durable_events()
+        .into_iter()
+        .filter(|event| topic.is_none_or(|t| event.topic == t))
+        .filter(|event| plan_text.as_deref().is_none_or(|p| event.is_for_plan(p)))
+        .collect();
+    if global.json {
+        let events: Vec<_> = shown.iter().map(|event| event.to_json()).collect();
+        emit_json(&json!({"events": events, "last_seq": engine.bus.last_seq()}))?;
+        return Ok(exit::SUCCESS);
+    }
     let mut out = String::new();
-    for event in engine.durable_events() {
-        if topic.is_some_and(|t| event.topic != t) {
-            continue;
-        }
-        if plan_text.as_deref().is_some_and(|p| !event.is_for_plan(p)) {
-            continue;
-        }
-        if global.json {
-            out.push_str(&event.to_json().to_string());
-        } else {
-            out.push_str(&format!(
-                "{:>6} {} {:<24} {}",
-                event.seq,
-                crate::report::rfc3339(event.at_ms),
-                event.topic,
-                event.data_json()
-            ));
-        }
-        out.push('\n');
+    for event in &shown {
+        out.push_str(&format!(
+            "{:>6} {} {:<24} {}\n",
+            event.seq,
+            crate::report::rfc3339(event.at_ms),
+            event.topic,
+            event.data_json()
+        ));
     }
     emit(&out)?;
     Ok(exit::SUCCESS)

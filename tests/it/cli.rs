@@ -143,6 +143,57 @@ fn resume_under_json_prints_one_document_however_many_plans_it_resumes() {
     assert_eq!(Value::Object(object(&output)), json!({"resumed": []}));
 }
 
+/// The keys of a JSON object, in order.
+fn keys(object: &serde_json::Map<String, Value>) -> Vec<&str> {
+    object.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn plans_and_events_under_json_have_the_rest_routes_shapes() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan("x.json", PLAN);
+    let run = json(&sandbox.run(&["run", "--json", plan.to_str().unwrap()]));
+    let plan_id = run["plan_id"].as_str().unwrap();
+
+    // GET /api/hxo/plans: {"plans": [row]}, a row being status fields and
+    // started_at.
+    let plans = object(&sandbox.run(&["plans", "--json"]));
+    assert_eq!(keys(&plans), ["plans"]);
+    let rows = plans["plans"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["plan_id"], plan_id);
+    assert_eq!(rows[0]["merkle_root"], run["merkle_root"]);
+    assert!(rows[0]["started_at"].is_string(), "{}", rows[0]);
+
+    // GET /api/genesis/events: {"events": [...], "last_seq": N}.
+    let all = object(&sandbox.run(&["events", "--json"]));
+    assert_eq!(keys(&all), ["events", "last_seq"]);
+    let events = all["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let last_seq = all["last_seq"].as_u64().unwrap();
+    assert!(last_seq >= *seqs.last().unwrap(), "{all:?}");
+    assert!(events
+        .iter()
+        .all(|e| e["plan_id"] == plan_id && e["topic"].is_string()));
+
+    // A filter narrows the events, not last_seq (the cursor `since` takes).
+    let audit = object(&sandbox.run(&[
+        "events",
+        "--json",
+        "--topic",
+        "hxo.audit",
+        "--plan",
+        plan_id,
+    ]));
+    let audit_events = audit["events"].as_array().unwrap();
+    assert!(!audit_events.is_empty());
+    assert!(audit_events.len() < events.len());
+    assert!(audit_events.iter().all(|e| e["topic"] == "hxo.audit"));
+    assert_eq!(audit["last_seq"], all["last_seq"]);
+}
+
 #[test]
 fn hxo_man_prints_a_roff_page_naming_the_subcommands() {
     let output = Sandbox::new().run(&["man"]);

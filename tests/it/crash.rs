@@ -114,7 +114,10 @@ fn iteration(rng: &mut Rng, expected_root: &str, run: Duration) -> u32 {
         [] => {
             // The first run finished before the kill: read its report.
             let plans = json(&sandbox.run(&["plans", "--json"]));
-            plans[0]["merkle_root"].as_str().unwrap().to_string()
+            plans["plans"][0]["merkle_root"]
+                .as_str()
+                .unwrap()
+                .to_string()
         }
         [report] => {
             assert_eq!(report["truth_certified"], true);

@@ -146,7 +146,11 @@ fn a_migration_killed_mid_run_resumes_without_applying_any_batch_twice() {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
             let plans = sandbox.run(&["plans", "--json"]);
-            if code(&plans) == 0 && json(&plans).as_array().is_some_and(|p| p.len() > round) {
+            if code(&plans) == 0
+                && json(&plans)["plans"]
+                    .as_array()
+                    .is_some_and(|p| p.len() > round)
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -321,6 +321,26 @@ fn submit(server: &Server, plan: &str) -> String {
 }
 
 #[test]
+fn the_cli_prints_what_the_plans_and_events_routes_answer() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan("cli.json", &synthetic("cli", 6, json!({})));
+    assert_code(&sandbox.run(&["run", plan.to_str().unwrap()]), 0);
+    let server = Server::start_in(sandbox, &[("HXO_ADMIRAL_TOKEN", ADMIRAL)]);
+    // The CLI reads the store beside the server (read-only, no lock).
+    let cli = |args: &[&str]| {
+        let output = server.sandbox.run(args);
+        assert_code(&output, 0);
+        json(&output)
+    };
+    let rest = |path: &str| server.get(path).expect(200).json();
+    assert_eq!(cli(&["plans", "--json"]), rest("/api/hxo/plans"));
+    assert_eq!(
+        cli(&["events", "--json"]),
+        rest("/api/genesis/events?limit=1000")
+    );
+}
+
+#[test]
 fn openapi_describes_exactly_the_served_routes() {
     let text = std::fs::read_to_string(repo_root().join("openapi.json")).unwrap();
     let spec: Value = serde_json::from_str(&text).expect("openapi.json is JSON");
