@@ -153,7 +153,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, CliError> {
             let _ = stdout.flush();
             Ok(exit::SUCCESS)
         }
-        Command::Events { topic, plan_id } => events(global, topic.as_deref(), plan_id.as_deref()),
+        Command::Events { topic, plan_id } => events(global, &topic, plan_id.as_deref()),
         Command::Serve { bind, root } => serve(global, bind, root),
         Command::Gc => gc(global),
         Command::Config => config(global),
@@ -669,15 +669,8 @@ fn status(global: &GlobalArgs, text: &str, full: bool) -> Result<u8, CliError> {
 /// `hxo events`; `--json` prints what `GET /api/genesis/events` answers,
 /// `{"events": [...], "last_seq": N}`, `last_seq` being the highest
 /// sequence number in the store (where `since` would continue from).
-fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Result<u8, CliError> {
-    if let Some(topic) = topic {
-        if crate::events::topic(topic).is_none() {
-            return Err(CliError::Usage(format!(
-                "--topic: unknown topic {topic:?} (expected one of {})",
-                crate::events::TOPICS.join(", ")
-            )));
-        }
-    }
+fn events(global: &GlobalArgs, names: &[String], plan: Option<&str>) -> Result<u8, CliError> {
+    let topics = topics(names)?;
     let engine = open_read_only(global)?;
     let plan_text = match plan {
         Some(text) => Some(plan_id_text(&engine.find(text)?)),
@@ -686,7 +679,7 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
     let shown: Vec<_> = engine
         .durable_events()
         .into_iter()
-        .filter(|event| topic.is_none_or(|t| event.topic == t))
+        .filter(|event| topics.is_empty() || topics.contains(&event.topic))
         .filter(|event| plan_text.as_deref().is_none_or(|p| event.is_for_plan(p)))
         .collect();
     if global.json {
@@ -706,6 +699,22 @@ fn events(global: &GlobalArgs, topic: Option<&str>, plan: Option<&str>) -> Resul
     }
     emit(&out)?;
     Ok(exit::SUCCESS)
+}
+
+/// The topics `--topic` names, each checked, as the events route's `topic`
+/// parameter takes them (blanks between commas ignored; none: all topics).
+fn topics(names: &[String]) -> Result<Vec<&'static str>, CliError> {
+    let mut topics = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let topic = crate::events::topic(name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--topic: unknown topic {name:?} (expected one of {})",
+                crate::events::TOPICS.join(", ")
+            ))
+        })?;
+        topics.push(topic);
+    }
+    Ok(topics)
 }
 
 fn merge(global: &GlobalArgs, workers: &[PathBuf]) -> Result<u8, CliError> {

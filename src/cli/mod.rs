@@ -301,9 +301,12 @@ pub enum Command {
     },
     /// Durable plan-level and audit events
     Events {
-        #[arg(long)]
-        topic: Option<String>,
-        #[arg(long = "plan")]
+        /// Only these topics: a comma-separated list (`hxo.plan,hxo.audit`),
+        /// or the flag given more than once
+        #[arg(long, value_delimiter = ',', value_name = "TOPIC,...")]
+        topic: Vec<String>,
+        /// Only the events of this plan (id or unique prefix)
+        #[arg(long = "plan", value_name = "PLAN_ID")]
         plan_id: Option<String>,
     },
     /// Serve the REST API, event stream, metrics and dashboard

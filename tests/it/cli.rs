@@ -195,6 +195,62 @@ fn plans_and_events_under_json_have_the_rest_routes_shapes() {
 }
 
 #[test]
+fn events_topic_takes_a_comma_separated_list_and_checks_every_name() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan("x.json", PLAN);
+    assert_code(&sandbox.run(&["run", plan.to_str().unwrap()]), 0);
+    let topics_of = |args: &[&str]| -> Vec<String> {
+        let output = sandbox.run(args);
+        assert_code(&output, 0);
+        let mut topics: Vec<String> = json(&output)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["topic"].as_str().unwrap().to_string())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    };
+    let both = ["hxo.audit", "hxo.plan"];
+    assert_eq!(
+        topics_of(&["events", "--json", "--topic", "hxo.plan,hxo.audit"]),
+        both
+    );
+    assert_eq!(
+        topics_of(&[
+            "events",
+            "--json",
+            "--topic",
+            "hxo.plan",
+            "--topic",
+            "hxo.audit"
+        ]),
+        both
+    );
+    assert_eq!(
+        topics_of(&["events", "--json", "--topic", "hxo.audit"]),
+        ["hxo.audit"]
+    );
+    assert!(topics_of(&["events", "--json"]).len() > 2);
+
+    // Every name is checked, not just the first; the error names it.
+    for list in ["hxo.plan,hxo.nope", "hxo.nope,hxo.plan"] {
+        let output = sandbox.run(&["events", "--json", "--topic", list]);
+        assert_code(&output, 2);
+        let error = object(&output);
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown topic \"hxo.nope\""),
+            "{error:?}"
+        );
+        assert!(stderr(&output).contains("hxo.nope"));
+    }
+}
+
+#[test]
 fn hxo_man_prints_a_roff_page_naming_the_subcommands() {
     let output = Sandbox::new().run(&["man"]);
     assert_code(&output, 0);

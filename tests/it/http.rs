@@ -338,6 +338,10 @@ fn the_cli_prints_what_the_plans_and_events_routes_answer() {
         cli(&["events", "--json"]),
         rest("/api/genesis/events?limit=1000")
     );
+    assert_eq!(
+        cli(&["events", "--json", "--topic", "hxo.plan,hxo.audit"]),
+        rest("/api/genesis/events?topic=hxo.plan%2Chxo.audit&limit=1000")
+    );
 }
 
 #[test]
