@@ -1,5 +1,7 @@
 //! The CLI's own conventions: under `--json` stdout is exactly one JSON
-//! document (errors too), and `hxo man` prints the man page.
+//! document (errors too, the demo's two runs too); `plans` and `events`
+//! print the REST routes' objects; `--topic` takes a list; `proof` takes
+//! a cas_id prefix; `hxo man` prints the man page.
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -248,6 +250,54 @@ fn events_topic_takes_a_comma_separated_list_and_checks_every_name() {
         );
         assert!(stderr(&output).contains("hxo.nope"));
     }
+}
+
+#[test]
+fn proof_takes_a_cas_id_prefix_of_at_least_8_hex_digits() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan("x.json", PLAN);
+    let run = json(&sandbox.run(&["run", "--json", plan.to_str().unwrap()]));
+    let plan_id = run["plan_id"].as_str().unwrap();
+    let export = sandbox.run(&["export", plan_id]);
+    assert_code(&export, 0);
+    let cas_ids: Vec<String> = stdout(&export)
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            line["cas_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(cas_ids.len(), 4);
+
+    let full = sandbox.run(&["proof", plan_id, &cas_ids[2]]);
+    assert_code(&full, 0);
+    for prefix in [
+        &cas_ids[2][..8],
+        &cas_ids[2][..8].to_uppercase(),
+        &cas_ids[2][..20],
+    ] {
+        let output = sandbox.run(&["proof", plan_id, prefix]);
+        assert_code(&output, 0);
+        assert_eq!(json(&output), json(&full), "prefix {prefix}");
+    }
+    assert_eq!(json(&full)["leaf_index"], 2);
+    assert_eq!(json(&full)["root"], run["merkle_root"]);
+
+    let short = sandbox.run(&["proof", plan_id, &cas_ids[2][..7]]);
+    assert_code(&short, 2);
+    assert!(stderr(&short).contains("at least 8"), "{}", stderr(&short));
+    // Eight hex digits that begin no shard's cas_id.
+    let unknown = (0u32..)
+        .map(|n| format!("{n:08x}"))
+        .find(|prefix| !cas_ids.iter().any(|c| c.starts_with(prefix.as_str())))
+        .unwrap();
+    let output = sandbox.run(&["proof", "--json", plan_id, &unknown]);
+    assert_code(&output, 2);
+    let error = object(&output);
+    assert!(
+        error["error"].as_str().unwrap().contains("no done shard"),
+        "{error:?}"
+    );
 }
 
 #[test]
