@@ -24,7 +24,7 @@ fn golden_sandbox() -> Sandbox {
 /// Plan name -> its `plans --json` row.
 fn plans_by_name(sandbox: &Sandbox) -> std::collections::HashMap<String, Value> {
     let plans = json(&sandbox.run(&["plans", "--json"]));
-    plans
+    plans["plans"]
         .as_array()
         .expect("an array of plans")
         .iter()
