@@ -2,7 +2,7 @@
 //! scheduler, the checkpoint store, the Merkle tree and the event bus
 //! together. The front-ends (CLI, HTTP) call nothing else to run plans.
 //!
-//! A run goes: compile ([`compile`]: validate, partition, DAG, executors)
+//! A run goes: compile ([`mod@compile`]: validate, partition, DAG, executors)
 //! -> accept (a durable `PlanAccepted`) -> run ([`run`]: the scheduler on
 //! the pools; workers hand outcomes to a recorder that submits them as log
 //! records; the store applies them once durable) -> aggregate and certify
