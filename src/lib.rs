@@ -39,6 +39,17 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Writes a line for a person to stderr, ignoring a closed or full stream:
+/// a message must never stop a run (`eprintln!` panics when stderr is a
+/// closed pipe, as in `hxo run 2>&1 | head -1`).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod alloc;
 pub mod cli;
 pub mod dag;

@@ -27,15 +27,20 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // when stderr is a closed pipe: a log line that cannot be written
+        // is dropped instead.
+        .log_internal_errors(false)
         .init();
     let json = cli.global.json;
     match hxo::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("hxo: error: {error}");
+            hxo::note!("hxo: error: {error}");
             let mut source = std::error::Error::source(&error);
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                hxo::note!("  caused by: {cause}");
                 source = cause.source();
             }
             if json {
@@ -44,6 +49,13 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// ANSI colour in logs only for a person at a terminal who did not ask
+/// for none (`NO_COLOR`, no-color.org): never into files and pipes.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Under `--json` an error is one JSON object on stdout (commands print

@@ -206,7 +206,7 @@ fn execute(engine: &Arc<Engine>, ticket: RunTicket) -> Result<RunSummary, CliErr
     let progress = bar.as_ref().map(|b| b as &dyn engine::Progress);
     let summary = engine.run(ticket, progress)?;
     if summary.end == RunEnd::Interrupted {
-        eprintln!(
+        crate::note!(
             "hxo: interrupted; resume with `hxo resume {}`",
             plan_id_text(&plan_id)
         );
@@ -296,20 +296,20 @@ fn run_demo(global: &GlobalArgs, dry_run_only: bool) -> Result<u8, CliError> {
     let settings = settings(global)?;
     let dir = settings.state_dir().join("demo");
     if crate::demo::prepare(&dir).context("preparing the demo project")? {
-        eprintln!(
+        crate::note!(
             "hxo: wrote the demo project and a database of {} accounts to {}",
             crate::demo::DEMO_ROWS,
             dir.display()
         );
     }
     let spec = PlanSpec::from_json(crate::demo::DEPLOY_PLAN)?;
-    eprintln!("hxo: dry run of deploy_full_stack in {}", dir.display());
+    crate::note!("hxo: dry run of deploy_full_stack in {}", dir.display());
     let dry_run = run_plan(global, spec.clone(), &dir, true, None)?;
     if !global.json {
         emit(&dry_run.report.render())?;
     }
     let run = if dry_run.end == RunEnd::Succeeded && !dry_run_only {
-        eprintln!("hxo: dry run passed; running deploy_full_stack for real");
+        crate::note!("hxo: dry run passed; running deploy_full_stack for real");
         let run = run_plan(global, spec, &dir, false, None)?;
         if !global.json {
             emit(&run.report.render())?;
@@ -362,7 +362,7 @@ fn validate(global: &GlobalArgs, path: &Path) -> Result<u8, CliError> {
     let compiled = match compile_with(&settings, path) {
         Ok(compiled) => compiled,
         Err(error) if global.json => {
-            eprintln!("hxo: error: {}", error.message());
+            crate::note!("hxo: error: {}", error.message());
             let mut object = serde_json::Map::new();
             object.insert("valid".into(), false.into());
             object.extend(error.to_json());
@@ -534,13 +534,13 @@ fn resume_plans(
         None => engine.resumable_plans(),
     };
     if targets.is_empty() {
-        eprintln!("hxo: no incomplete plans");
+        crate::note!("hxo: no incomplete plans");
     }
     let mut worst = exit::SUCCESS;
     let mut reports = Vec::new();
     for plan_id in targets {
         let ticket = engine.resume(&plan_id)?;
-        eprintln!("hxo: resuming plan {}", plan_id_text(&plan_id));
+        crate::note!("hxo: resuming plan {}", plan_id_text(&plan_id));
         let summary = execute(engine, ticket)?;
         if !global.json {
             emit(&summary.report.render())?;
@@ -563,7 +563,7 @@ fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
     let outcome = (|| -> Result<RunSummary, CliError> {
         let plan_id = engine.find(text)?;
         let (ticket, count) = engine.replay(&plan_id, &whoami())?;
-        eprintln!(
+        crate::note!(
             "hxo: replaying {count} shards of plan {}",
             plan_id_text(&plan_id)
         );
@@ -620,7 +620,7 @@ fn verify(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
     if global.json {
         // The verification object is this command's one JSON document and
         // says what failed (`ok`, `detail`); the error goes to stderr only.
-        eprintln!("hxo: error: {error}");
+        crate::note!("hxo: error: {error}");
         return Ok(error.exit_code());
     }
     Err(error)
@@ -770,24 +770,26 @@ fn serve(global: &GlobalArgs, bind: String, root: PathBuf) -> Result<u8, CliErro
     };
     if let Some(path) = service.token_file() {
         tracing::warn!(path = %path.display(), "no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN: using the generated admiral token");
-        eprintln!(
+        crate::note!(
             "hxo: no HXO_ADMIRAL_TOKEN or HXO_CAPTAIN_TOKEN set: the admiral token is in {} (mode 0600); send it as Authorization: Bearer TOKEN",
             path.display()
         );
     }
     if !engine.settings.enabled {
-        eprintln!("hxo: HXO_ENABLED=false: /api/hxo routes answer 503 and no plan is rehydrated");
+        crate::note!(
+            "hxo: HXO_ENABLED=false: /api/hxo routes answer 503 and no plan is rehydrated"
+        );
     } else if service.rehydrating() > 0 {
-        eprintln!("hxo: rehydrating {} plan(s)", service.rehydrating());
+        crate::note!("hxo: rehydrating {} plan(s)", service.rehydrating());
     }
-    eprintln!(
+    crate::note!(
         "hxo: serving on http://{}/ (dashboard at /, API under /api/hxo/)",
         service.local_addr()
     );
     let end = service.wait(&|| {
         let stop = signals::signalled();
         if stop {
-            eprintln!("hxo: shutting down: stopping running plans (resumable)");
+            crate::note!("hxo: shutting down: stopping running plans (resumable)");
         }
         stop
     });

@@ -29,7 +29,7 @@ pub(super) fn run(app: &App, mut queue: Vec<PlanId>) {
             .resume(&plan_id)
             .and_then(|ticket| app.engine.spawn(ticket));
         match started {
-            Ok(()) => eprintln!("hxo: rehydrating plan {text}"),
+            Ok(()) => crate::note!("hxo: rehydrating plan {text}"),
             Err(EngineError::AtCapacity { .. }) => {
                 queue.push(plan_id);
                 std::thread::sleep(RETRY_INTERVAL);
@@ -39,7 +39,7 @@ pub(super) fn run(app: &App, mut queue: Vec<PlanId>) {
             Err(error) => {
                 app.rehydration_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plan_id = %text, "cannot rehydrate: {error}");
-                eprintln!("hxo: cannot rehydrate plan {text}: {error}");
+                crate::note!("hxo: cannot rehydrate plan {text}: {error}");
             }
         }
     }

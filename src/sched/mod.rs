@@ -255,7 +255,7 @@ struct AbortOnUnwind;
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("hxo: the scheduler panicked while shards were running; aborting");
+            crate::note!("hxo: the scheduler panicked while shards were running; aborting");
             std::process::abort();
         }
     }

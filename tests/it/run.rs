@@ -402,3 +402,40 @@ fn with_genesis_disabled_nothing_is_published_but_roots_are_still_certified() {
         .collect();
     assert!(!topics.contains(&"hxo.plan"), "{events}");
 }
+
+/// A closed stderr and stdout (`hxo run PLAN 2>&1 | head -c 20`) cannot
+/// hurt the run: messages and logs to them are dropped, the plan ends
+/// finished and certified, and nothing panics. Logs written into a pipe
+/// carry no ANSI colour.
+#[test]
+fn closed_output_streams_do_not_stop_a_run() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "closed.json",
+        r#"{"name": "closed", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 2000}}]}"#,
+    );
+    let plan_text = plan.to_string_lossy().to_string();
+    let mut child = sandbox
+        .command(&["run", &plan_text])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both read ends closed at once: every write the run makes to them
+    // fails with EPIPE.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let plans = json(&sandbox.run(&["plans", "--json"]));
+    let row = &plans["plans"][0];
+    assert_eq!(row["status"], "finished", "{row}");
+    assert_eq!(row["truth_certified"], true, "{row}");
+
+    let logged = sandbox.run_env(&["run", &plan_text], &[("RUST_LOG", "info")]);
+    assert_code(&logged, 0);
+    let err = stderr(&logged);
+    assert!(err.contains("INFO"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escapes in a pipe: {err:?}");
+}
