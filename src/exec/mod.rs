@@ -146,6 +146,14 @@ pub trait Executor: Send + Sync {
     }
 
     /// Runs `ctx.units` of the shard and returns its output digest.
+    ///
+    /// Cancellation is cooperative: threads cannot be killed. An executor
+    /// looks at `ctx.cancel` at least every few milliseconds of work (every
+    /// unit, or every so many iterations of an inner loop) and returns
+    /// [`ExecError::TimedOut`] or [`ExecError::Cancelled`] when it is set,
+    /// so the shard timeout, an abort and SIGTERM take effect within
+    /// 100 ms. A subprocess is killed with its process group. A result
+    /// returned after the shard's deadline counts as timed out, not done.
     fn execute(&self, ctx: &ShardContext<'_>) -> Result<Hash, ExecError>;
 }
 

@@ -64,7 +64,8 @@ impl Synthetic {
         (bits >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn unit_digest(&self, input: &PartitionInput, unit: u64) -> Hash {
+    fn unit_digest(&self, ctx: &ShardContext<'_>, unit: u64) -> Result<Hash, ExecError> {
+        let input = ctx.input;
         let mut block = [0u8; 32];
         block[..8].copy_from_slice(&self.seed.to_le_bytes());
         match input {
@@ -83,11 +84,31 @@ impl Synthetic {
             }
         }
         let mut digest = block;
-        for _ in 0..self.work_iters {
+        for iteration in 1..=self.work_iters {
             digest = sha256(&digest);
+            if iteration % CANCEL_CHECK_EVERY == 0 {
+                check_cancel(ctx)?;
+            }
         }
-        digest
+        Ok(digest)
     }
+}
+
+/// SHA-256 iterations, or units, between two looks at the cancel token: a
+/// SHA-256 of 32 bytes takes well under a microsecond, so this is about a
+/// millisecond of work, inside the few milliseconds `Executor` asks for.
+const CANCEL_CHECK_EVERY: u64 = 2048;
+
+/// `Err` once the shard is cancelled: timed out, or the run stopped.
+fn check_cancel(ctx: &ShardContext<'_>) -> Result<(), ExecError> {
+    if !ctx.cancel.is_cancelled() {
+        return Ok(());
+    }
+    Err(if ctx.cancel.timed_out() {
+        ExecError::TimedOut
+    } else {
+        ExecError::Cancelled
+    })
 }
 
 /// Sleeps `duration` in slices, giving up early when cancelled.
@@ -97,13 +118,7 @@ pub(crate) fn sleep_cancellable(
 ) -> Result<(), ExecError> {
     let until = Instant::now() + duration;
     loop {
-        if ctx.cancel.is_cancelled() {
-            return Err(if ctx.cancel.timed_out() {
-                ExecError::TimedOut
-            } else {
-                ExecError::Cancelled
-            });
-        }
+        check_cancel(ctx)?;
         let now = Instant::now();
         if now >= until {
             return Ok(());
@@ -143,19 +158,17 @@ impl Executor for Synthetic {
         if unit_count == 1 {
             // The common no-op case, without an allocation.
             return Ok(crate::merkle::leaf_hash(
-                &self.unit_digest(ctx.input, ctx.units.start),
+                &self.unit_digest(ctx, ctx.units.start)?,
             ));
         }
-        let mut digests = Vec::with_capacity(unit_count as usize);
+        // Grown as units are computed: a count the plan declares is not
+        // memory to take up front.
+        let mut digests = Vec::with_capacity(unit_count.min(CANCEL_CHECK_EVERY) as usize);
         for unit in ctx.units.clone() {
-            if self.work_iters > 0 && ctx.cancel.is_cancelled() {
-                return Err(if ctx.cancel.timed_out() {
-                    ExecError::TimedOut
-                } else {
-                    ExecError::Cancelled
-                });
+            if self.work_iters > 0 || unit % CANCEL_CHECK_EVERY == 0 {
+                check_cancel(ctx)?;
             }
-            digests.push(self.unit_digest(ctx.input, unit));
+            digests.push(self.unit_digest(ctx, unit)?);
         }
         Ok(crate::merkle::root_of_leaf_data(&digests))
     }

@@ -1509,8 +1509,14 @@ impl Shared {
             match result {
                 Ok(Ok(digest)) => {
                     let ended = Instant::now();
-                    let duration_us = (ended - started).as_micros() as u64;
-                    return Ok((digest, attempts, duration_us, ended));
+                    // An executor that ignored its token and ran past the
+                    // deadline did not finish in time: its result is not
+                    // kept (the same clock read serves the duration).
+                    if ended < attempt_start + timeout {
+                        let duration_us = (ended - started).as_micros() as u64;
+                        return Ok((digest, attempts, duration_us, ended));
+                    }
+                    last_error = format!("timed out after {} ms", self.options.shard_timeout_ms);
                 }
                 Ok(Err(ExecError::Cancelled)) if self.control.is_stopped() => {
                     return Err((String::new(), attempts));

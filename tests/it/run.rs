@@ -439,3 +439,77 @@ fn closed_output_streams_do_not_stop_a_run() {
     assert!(err.contains("INFO"), "{err}");
     assert!(!err.contains('\u{1b}'), "ANSI escapes in a pipe: {err:?}");
 }
+
+/// A CPU-bound shard that would run for hours fails as timed out soon
+/// after its timeout (it looks at its cancel token every millisecond or
+/// so of work), and is never recorded done.
+#[test]
+fn a_cpu_bound_shard_past_its_timeout_fails_as_timed_out() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "spin.json",
+        r#"{"name": "spin", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 1, "work_iters": 1000000000000}}]}"#,
+    );
+    let started = std::time::Instant::now();
+    let output = sandbox.run_env(
+        &["run", "--json", &plan.to_string_lossy()],
+        &[("HXO_SHARD_TIMEOUT_MS", "300"), ("HXO_MAX_ATTEMPTS", "1")],
+    );
+    let elapsed = started.elapsed();
+    assert_code(&output, 3);
+    let report = json(&output);
+    assert_eq!(report["failed_shards"], 1, "{report}");
+    assert_eq!(report["done_shards"], 0, "{report}");
+    let error = report["failures"][0]["error"].as_str().unwrap();
+    assert!(error.contains("timed out after 300 ms"), "{error}");
+    // Not a timing assertion on speed, a bound on a hang: without the
+    // checks this shard runs for hours.
+    assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+}
+
+/// SIGTERM stops a run of CPU-bound shards promptly as interrupted
+/// (exit 130), and the plan resumes.
+#[test]
+fn sigterm_stops_a_cpu_bound_run_as_interrupted() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "spin.json",
+        r#"{"name": "spin", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 4, "work_iters": 1000000000000}}]}"#,
+    );
+    let mut child = sandbox
+        .command(&["run", &plan.to_string_lossy()])
+        .env("HXO_SHARD_TIMEOUT_MS", "600000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the plan is durably accepted, then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sandbox.db().join("00000000.seg").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill(2) on the pid of a child we spawned and have not
+    // reaped; it only sends a signal.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let stop_deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > stop_deadline {
+            let _ = child.kill();
+            panic!("a CPU-bound run ignored SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let plans = json(&sandbox.run(&["plans", "--json"]));
+    assert_eq!(plans["plans"][0]["status"], "interrupted", "{plans}");
+}
