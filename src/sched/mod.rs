@@ -405,13 +405,33 @@ impl OutcomeSink for Sender<Vec<Outcome>> {
     }
 }
 
-/// Outcomes on their way to the sink, handed over in bounded batches.
+/// How long the outcomes of fast shards wait in a worker's batch at most
+/// before they are handed to the sink, and how long a shard must take for
+/// its outcome to go over on its own, at once.
+const HANDOVER_DELAY: Duration = Duration::from_millis(2);
+const HANDOVER_ALONE_US: u64 = 1_000;
+
+/// Outcomes on their way to the sink, handed over in bounded batches: at
+/// `OUTCOME_BATCH_MAX` outcomes, or once the oldest waited
+/// `HANDOVER_DELAY` (checked when an outcome is added), or at once for a
+/// shard that took `HANDOVER_ALONE_US` or more, or when the job ends.
 struct Batch<'a> {
     outcomes: Vec<Outcome>,
+    // INVARIANT: `Some` only while `outcomes` holds an outcome batched by
+    // `push_timed`: when the oldest of those ended.
+    opened_at: Option<Instant>,
     sink: &'a dyn OutcomeSink,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    fn new(capacity: usize, sink: &'a dyn OutcomeSink) -> Batch<'a> {
+        Batch {
+            outcomes: Vec::with_capacity(capacity),
+            opened_at: None,
+            sink,
+        }
+    }
+
     /// Returns whether a full batch was sent (which may have waited in
     /// the sink).
     fn push(&mut self, outcome: Outcome) -> bool {
@@ -419,11 +439,34 @@ impl Batch<'_> {
         self.outcomes.len() >= OUTCOME_BATCH_MAX && self.flush()
     }
 
+    /// Batches the outcome of a shard that ended at `ended` (`None`: not
+    /// known without a clock read, taken only when the batch has older
+    /// outcomes). Returns whether the batch was sent.
+    #[inline]
+    fn push_timed(&mut self, outcome: Outcome, ended: Option<Instant>) -> bool {
+        let slow = outcome.duration_us >= HANDOVER_ALONE_US;
+        self.outcomes.push(outcome);
+        if slow || self.outcomes.len() >= OUTCOME_BATCH_MAX {
+            return self.flush();
+        }
+        match self.opened_at {
+            None => {
+                self.opened_at = Some(ended.unwrap_or_else(Instant::now));
+                false
+            }
+            Some(opened) => {
+                let now = ended.unwrap_or_else(Instant::now);
+                now.saturating_duration_since(opened) >= HANDOVER_DELAY && self.flush()
+            }
+        }
+    }
+
     /// Sends what is batched; returns whether anything was sent.
     fn flush(&mut self) -> bool {
         if self.outcomes.is_empty() {
             return false;
         }
+        self.opened_at = None;
         let full = std::mem::replace(&mut self.outcomes, Vec::with_capacity(OUTCOME_BATCH_MAX));
         self.sink.accept(full);
         true
@@ -610,10 +653,7 @@ impl Shared {
     /// before any job, on the waiting thread.
     fn block_below_logged_failures(self: &Arc<Self>) {
         let dag = self.dag();
-        let mut batch = Batch {
-            outcomes: Vec::new(),
-            sink: &*self.sink,
-        };
+        let mut batch = Batch::new(0, &*self.sink);
         let mut stack = Vec::new();
         // Nothing but the log has marked a stage failed yet: `block` only
         // stacks the shards it blocks, and they settle after the loop.
@@ -783,10 +823,7 @@ impl Shared {
 
     /// After a stop, gives every shard that never got an outcome one.
     fn sweep(&self) {
-        let mut batch = Batch {
-            outcomes: Vec::new(),
-            sink: &*self.sink,
-        };
+        let mut batch = Batch::new(0, &*self.sink);
         let kind = self.stop_outcome();
         for (leaf, state) in self.state.iter().enumerate() {
             for from in [PENDING, CLAIMED] {
@@ -1044,10 +1081,7 @@ impl Shared {
     /// first completing `finished` when a split shard's last piece ends.
     fn work(self: &Arc<Self>, mut leaves: Vec<u32>, mut finished: Option<Outcome>, blocking: bool) {
         let slot = &self.slots[self.slot_index(blocking)];
-        let mut batch = Batch {
-            outcomes: Vec::with_capacity(leaves.len().clamp(1, OUTCOME_BATCH_MAX)),
-            sink: &*self.sink,
-        };
+        let mut batch = Batch::new(leaves.len().clamp(1, OUTCOME_BATCH_MAX), &*self.sink);
         leaves.reverse();
         let mut stack = Vec::new();
         let mut ready = Vec::new();
@@ -1154,7 +1188,8 @@ impl Shared {
             },
             Ordering::SeqCst,
         );
-        if batch.push(outcome) {
+        // `clock` is when this outcome's shard ended (if it ran here).
+        if batch.push_timed(outcome, *clock) {
             *clock = None;
         }
         if stopped {
@@ -1316,10 +1351,7 @@ impl Shared {
             self.execute_units(leaf, Some(range), Instant::now())
                 .map(|(digest, attempts, _, _)| (digest, attempts))
         };
-        let mut batch = Batch {
-            outcomes: Vec::new(),
-            sink: &*self.sink,
-        };
+        let mut batch = Batch::new(0, &*self.sink);
         match result {
             Ok((digest, attempts)) => {
                 state.attempts.fetch_max(attempts, Ordering::Relaxed);

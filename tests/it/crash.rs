@@ -160,3 +160,39 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_root() {
         "no kill landed mid-run in {iterations} iterations (run took {run:?})"
     );
 }
+
+/// Outcomes are handed over by time, not by a job's chunk: a run of
+/// 100 ms shards on two threads killed with SIGKILL after 3 s has kept
+/// (durably) nearly every outcome that had finished, not none.
+#[test]
+fn a_kill_keeps_the_outcomes_of_slow_shards_that_finished() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "slow.json",
+        r#"{"name": "slow", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 2000, "sleep_ms": 100}}]}"#,
+    );
+    let mut child = sandbox
+        .command(&["run", &plan.to_string_lossy()])
+        .env("HXO_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sandbox.db().join("00000000.seg").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let plans = json(&sandbox.run(&["plans", "--json"]));
+    let row = &plans["plans"][0];
+    let kept = row["done_shards"].as_u64().unwrap();
+    // Two threads, 100 ms a shard: about 60 had finished.
+    assert!(kept >= 45, "kept {kept} outcomes: {row}");
+    assert_eq!(row["status"], "interrupted", "{row}");
+}
