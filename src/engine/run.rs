@@ -536,6 +536,52 @@ struct Recorder {
     position: AtomicU64,
     /// The first failure to record: the run stops, the rest is dropped.
     failure: Mutex<Option<StoreError>>,
+    failure_log: FailureLog,
+}
+
+/// Shard failures logged at debug level, at most `FAILURE_LOG_LINES_MAX`
+/// lines per second, so a plan of a million failures logs a few lines a
+/// second and a count of the rest, not a million lines.
+struct FailureLog {
+    /// (when the current second began, lines logged in it, lines dropped
+    /// since the last report of them).
+    window: Mutex<(Instant, u32, u64)>,
+}
+
+/// Failure lines logged per second at most.
+const FAILURE_LOG_LINES_MAX: u32 = 10;
+
+impl FailureLog {
+    fn new() -> FailureLog {
+        FailureLog {
+            window: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    fn note(&self, stage_id: &str, leaf_index: u64, attempts: u32, error: &str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (started, logged, dropped) = &mut *window;
+        if started.elapsed() >= Duration::from_secs(1) {
+            if *dropped > 0 {
+                tracing::debug!(
+                    dropped = *dropped,
+                    "shard failures not logged in the last second"
+                );
+            }
+            *started = Instant::now();
+            *logged = 0;
+            *dropped = 0;
+        }
+        if *logged < FAILURE_LOG_LINES_MAX {
+            *logged += 1;
+            tracing::debug!(stage_id, leaf_index, attempts, error, "shard failed");
+        } else {
+            *dropped += 1;
+        }
+    }
 }
 
 impl Recorder {
@@ -574,6 +620,7 @@ impl Recorder {
             split_signalled: dag.stages.iter().map(|_| AtomicBool::new(false)).collect(),
             position: AtomicU64::new(0),
             failure: Mutex::new(None),
+            failure_log: FailureLog::new(),
         }
     }
 
@@ -591,15 +638,25 @@ impl Recorder {
                 attempts: outcome.attempts,
                 duration_us: outcome.duration_us,
             },
-            OutcomeKind::Failed { error, aborted } => Record::ShardFailed {
-                plan_id,
-                leaf_index,
-                cas_id,
-                attempts: outcome.attempts,
-                duration_us: outcome.duration_us,
-                aborted,
-                error,
-            },
+            OutcomeKind::Failed { error, aborted } => {
+                if !aborted {
+                    self.failure_log.note(
+                        &self.slos[stage].0,
+                        leaf_index,
+                        outcome.attempts,
+                        &error,
+                    );
+                }
+                Record::ShardFailed {
+                    plan_id,
+                    leaf_index,
+                    cas_id,
+                    attempts: outcome.attempts,
+                    duration_us: outcome.duration_us,
+                    aborted,
+                    error,
+                }
+            }
             OutcomeKind::Split { pieces, p95_us } => {
                 if !self.split_signalled[stage].swap(true, Ordering::SeqCst) {
                     self.bus.publish(

@@ -513,3 +513,28 @@ fn sigterm_stops_a_cpu_bound_run_as_interrupted() {
     let plans = json(&sandbox.run(&["plans", "--json"]));
     assert_eq!(plans["plans"][0]["status"], "interrupted", "{plans}");
 }
+
+/// Shard failures are logged at debug level with their error, but a plan
+/// of many failures logs a few lines a second and a count, not a line per
+/// shard.
+#[test]
+fn shard_failures_are_logged_at_debug_and_rate_limited() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "failing.json",
+        r#"{"name": "failing", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 2000, "fail_rate": 1.0}}]}"#,
+    );
+    let output = sandbox.run_env(
+        &["run", &plan.to_string_lossy()],
+        &[("RUST_LOG", "hxo=debug"), ("HXO_MAX_ATTEMPTS", "1")],
+    );
+    assert_code(&output, 3);
+    let err = stderr(&output);
+    let lines = err.lines().filter(|l| l.contains("shard failed")).count();
+    assert!(lines >= 1, "no failure logged:\n{err}");
+    assert!(lines <= 40, "{lines} failure lines for 2000 failures");
+    assert!(
+        err.contains("synthetic failure"),
+        "the error is logged:\n{err}"
+    );
+}
