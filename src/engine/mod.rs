@@ -347,24 +347,18 @@ impl Engine {
         let Some(run) = running.get(plan_id) else {
             return Live::default();
         };
-        let (control, started, baseline) = (run.control.clone(), run.started, run.baseline);
+        let (control, rate) = (run.control.clone(), run.rate.clone());
         drop(running);
         let (claimed, running) = control.live_counts();
         let finished_now = self.store.plan(plan_id).map_or(0, |entry| {
             let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
             plan.shard_count() - plan.pending_count()
         });
-        // ETA from the rate observed in this run, not a constant.
-        let elapsed = started.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            finished_now.saturating_sub(baseline) as f64 / elapsed
-        } else {
-            0.0
-        };
         Live {
             claimed,
             running,
-            rate_per_second: rate,
+            // The ETA comes from this run's recent rate, not a constant.
+            rate_per_second: rate.per_second(finished_now),
             running_now: true,
         }
     }

@@ -15,6 +15,7 @@ use crate::log::{Record, RunCause};
 use crate::sched::{self, Control, Initial, OutcomeKind, RunInput, RunOptions, StopReason};
 use crate::store::{PlanEntry, SlotState, StoreError};
 use serde_json::json;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,9 +25,69 @@ use super::compile::{absolute, Compiled};
 /// A plan running (or about to run) in this process.
 pub(super) struct RunningPlan {
     pub control: Arc<Control>,
-    pub started: Instant,
-    /// Shards with an outcome when the slot was taken.
-    pub baseline: u64,
+    /// This run's recent rate of outcomes, for the ETA.
+    pub rate: Arc<RateWindow>,
+}
+
+/// How far back the ETA's rate looks.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Samples kept at most (one per 100 ms tick over the window, and some).
+const RATE_SAMPLES_MAX: usize = 128;
+
+/// A run's recent rate: (when, shards of the plan with an outcome),
+/// sampled every 100 ms while it runs, over the last [`RATE_WINDOW`]. The
+/// first sample is taken when the run starts, after reuse, so shards done
+/// before the run and reused ones count as done but not as speed.
+pub(super) struct RateWindow {
+    // INVARIANT: ascending in time; at most RATE_SAMPLES_MAX; the oldest
+    // is the last sample at or before the window's start (or the first).
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl RateWindow {
+    fn new() -> RateWindow {
+        RateWindow {
+            samples: Mutex::new(VecDeque::with_capacity(RATE_SAMPLES_MAX)),
+        }
+    }
+
+    fn start(&self, finished: u64) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.clear();
+        samples.push_back((Instant::now(), finished));
+    }
+
+    fn sample(&self, finished: u64) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((now, finished));
+        while samples.len() > RATE_SAMPLES_MAX
+            || (samples.len() > 2 && now.duration_since(samples[1].0) >= RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// Outcomes per second since the window's oldest sample, given the
+    /// plan's count now.
+    pub(super) fn per_second(&self, finished_now: u64) -> f64 {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(since, finished_then)) = samples.front() else {
+            return 0.0;
+        };
+        let elapsed = since.elapsed().as_secs_f64();
+        if elapsed > 0.0 {
+            finished_now.saturating_sub(finished_then) as f64 / elapsed
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Shards of the plan with an outcome (durable).
+fn finished_count(entry: &PlanEntry) -> u64 {
+    let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
+    plan.shard_count() - plan.pending_count()
 }
 
 /// A plan's claim to run in this process, with everything the run needs.
@@ -80,8 +141,7 @@ impl Engine {
             plan_id,
             RunningPlan {
                 control: Control::new(),
-                started: Instant::now(),
-                baseline: 0,
+                rate: Arc::new(RateWindow::new()),
             },
         );
         Ok(RunTicket {
@@ -102,23 +162,18 @@ impl Engine {
         Ok(())
     }
 
-    /// The rate of this run is measured from here: shards with an outcome
-    /// now (done before, reused, or made pending again by a replay's
-    /// record) do not count as its speed.
-    fn start_clock(&self, plan_id: &PlanId, entry: &PlanEntry) {
-        let baseline = {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            plan.shard_count() - plan.pending_count()
-        };
-        if let Some(run) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(plan_id)
-        {
-            run.started = Instant::now();
-            run.baseline = baseline;
-        }
+    /// The run's rate window, started now with `finished` outcomes (done
+    /// before the run or reused, so not counted as its speed).
+    fn start_clock(&self, plan_id: &PlanId, finished: u64) -> Arc<RateWindow> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = running
+            .get(plan_id)
+            .expect("the ticket's slot is registered")
+            .rate
+            .clone();
+        drop(running);
+        rate.start(finished);
+        rate
     }
 
     /// Runs a ticket's plan in this thread until every shard has an outcome
@@ -228,7 +283,6 @@ impl Engine {
         let entry = self.entry(&plan_id)?;
         let started = Instant::now();
         self.record_run_started(&plan_id, ticket.cause)?;
-        self.start_clock(&plan_id, &entry);
         let (mut initial, need_reuse) = initial_states(&entry, &compiled.dag);
         let dry_run = entry
             .record
@@ -238,11 +292,15 @@ impl Engine {
             .dry_run;
         // A dry run proves nothing about a real one: it neither reuses
         // results nor lends its own (see `Store::done_by_cas`).
-        let reused_position = if need_reuse && !dry_run {
+        let finished_before = finished_count(&entry);
+        let (reused_position, reused) = if need_reuse && !dry_run {
             self.reuse(&plan_id, &compiled.dag, &mut initial)?
         } else {
-            0
+            (0, 0)
         };
+        // Counted before the reused records were submitted: they may or may
+        // not be durable yet, and count as done from the start either way.
+        let rate = self.start_clock(&plan_id, finished_before + reused);
         self.publish_stages(&plan_id, compiled);
         let options = self.run_options(compiled, dry_run, started);
         let input = self.run_input(&plan_id, &entry, compiled, initial);
@@ -253,7 +311,7 @@ impl Engine {
             &input,
             control.clone(),
         ));
-        drive(input, options, &control, &recorder, &entry, progress);
+        drive(input, options, &control, &recorder, &entry, &rate, progress);
         // `drive` returned, so every outcome went through the recorder.
         if let Some(failure) = recorder
             .failure
@@ -284,16 +342,17 @@ impl Engine {
 
     /// Marks pending shards done whose cas_id is DONE anywhere in the store,
     /// and records them under this plan too, so that the plan reads back
-    /// complete from the log alone. Returns the store position to wait for.
+    /// complete from the log alone. Returns the store position to wait for
+    /// and how many shards were reused.
     fn reuse(
         &self,
         plan_id: &PlanId,
         dag: &Dag,
         initial: &mut [Initial],
-    ) -> Result<u64, EngineError> {
+    ) -> Result<(u64, u64), EngineError> {
         let done = self.store.done_by_cas();
         if done.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let mut reused: Vec<Record> = Vec::new();
         for (leaf, state) in initial.iter_mut().enumerate() {
@@ -317,7 +376,7 @@ impl Engine {
         for chunk in reused.chunks(crate::limits::COMMIT_RECORDS_MAX) {
             position = self.store.submit(chunk.to_vec())?;
         }
-        Ok(position)
+        Ok((position, reused.len() as u64))
     }
 
     fn publish_stages(&self, plan_id: &PlanId, compiled: &Compiled) {
@@ -471,6 +530,7 @@ fn drive(
     control: &Arc<Control>,
     recorder: &Arc<Recorder>,
     entry: &Arc<PlanEntry>,
+    rate: &RateWindow,
     progress: Option<&dyn Progress>,
 ) {
     // Dropped when the run is over (a panic included): the watching
@@ -489,6 +549,7 @@ fn drive(
             let mut alerted = vec![false; slo_recorder.slos.len()];
             while every_100_ms(&slo_watch) {
                 slo_recorder.check_slos(&mut alerted);
+                rate.sample(finished_count(entry));
             }
         });
         if let Some(progress) = progress {
@@ -767,5 +828,41 @@ impl sched::OutcomeSink for Recorder {
         if !records.is_empty() {
             self.submit(records);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_counts_only_outcomes_after_the_start() {
+        let window = RateWindow::new();
+        assert_eq!(window.per_second(5), 0.0, "no sample, no rate");
+        // 900 shards done before the run (or reused): not speed.
+        window.start(900);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(window.per_second(900), 0.0);
+        let rate = window.per_second(910);
+        assert!(rate > 0.0, "{rate}");
+        // At most 10 outcomes over at least 20 ms.
+        assert!(rate <= 10.0 / 0.020, "{rate}");
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_keeps_its_order() {
+        let window = RateWindow::new();
+        window.start(0);
+        for finished in 1..=(RATE_SAMPLES_MAX as u64 * 3) {
+            window.sample(finished);
+        }
+        let samples = window.samples.lock().unwrap();
+        assert!(samples.len() <= RATE_SAMPLES_MAX);
+        assert!(samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .all(|(a, b)| a.0 <= b.0 && a.1 < b.1));
+        // The oldest kept sample is a recent one, not the start.
+        assert!(samples.front().unwrap().1 > RATE_SAMPLES_MAX as u64);
     }
 }
