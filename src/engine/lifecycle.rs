@@ -11,19 +11,24 @@
 //! # States and transitions
 //!
 //! ```text
-//!            create                    submit
-//!   (new) ----------> CREATED ------------------------+
-//!     |                  |                            v
-//!     | accept+start     | abort               RUNNING (in this process)
-//!     +---------------------------------------->  |  |  |  |
-//!                        v                        |  |  |  | all shards done:   FINISHED
-//!                     ABORTED <-------------------+  |  |  +------------------> (certified)
-//!                        ^   abort / timebox         |  | some failed:        FAILED
-//!                        |                           |  +-------------------->
-//!                        |          stop, crash      v
-//!                        +------------------- INTERRUPTED --resume--> RUNNING
-//!   SUBMITTED (accepted, never started) --resume--> RUNNING
-//!   FAILED | ABORTED | INTERRUPTED --replay (failed shards)--> RUNNING
+//!   create                          -> CREATED      (accepted, held)
+//!   start_new (hxo run, create-and-submit)
+//!                                   -> RUNNING      (accepted, slot taken)
+//!   CREATED      --submit-->           RUNNING
+//!   SUBMITTED    --resume-->           RUNNING      (accepted, never started)
+//!   INTERRUPTED  --resume-->           RUNNING      (counted as a rehydration)
+//!   FAILED | ABORTED | INTERRUPTED
+//!                --replay-->           RUNNING      (only with failed shards)
+//!   CREATED | SUBMITTED | RUNNING | INTERRUPTED
+//!                --abort-->            ABORTED
+//!
+//!   RUNNING ends as one of:
+//!     FINISHED      every shard done; root certified from the log files
+//!     FAILED        some shard failed; a partial root (never certified)
+//!     ABORTED       an abort or the timebox stopped shards
+//!     INTERRUPTED   a signal, a shutdown or a crash stopped shards
+//!     SLICE_FINISHED  a worker's slice, all done (no root: merge)
+//!   A stop that finds nothing left to stop is no stop: FINISHED or FAILED.
 //! ```
 //!
 //! The legal verbs per state are [`check`]'s table, and nothing else
