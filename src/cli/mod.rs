@@ -253,10 +253,10 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Resume incomplete plans (all of them, or one)
+    /// Resume submitted or interrupted plans (all of them, or one)
     Resume {
         /// Plan id, or a unique prefix of it (at least 4 characters); with
-        /// none, every incomplete plan that was submitted
+        /// none, every plan that is submitted or interrupted (not created)
         plan_id: Option<String>,
     },
     /// List the plans in the store
@@ -276,7 +276,7 @@ pub enum Command {
         #[arg(help = PLAN_ID_HELP)]
         plan_id: String,
     },
-    /// Abort an incomplete plan: pending shards fail (aborted), done shards stay
+    /// Abort a plan that has not ended: pending shards fail (aborted), done shards stay
     Abort {
         #[arg(help = PLAN_ID_HELP)]
         plan_id: String,
