@@ -28,6 +28,9 @@ pub struct Report {
     pub plan_id: String,
     pub plan_name: String,
     pub status: String,
+    /// The pid of another live process that runs the plan (`running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
     pub total_shards: u64,
     pub pending_shards: u64,
     pub claimed_shards: u64,
@@ -238,6 +241,7 @@ pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
         plan_id: plan_id_text(&plan.plan_id),
         plan_name: plan.manifest.spec.name.clone(),
         status,
+        owner_pid: None,
         total_shards: total,
         pending_shards: pending_all - claimed - running,
         claimed_shards: claimed,
@@ -280,6 +284,9 @@ pub struct Status {
     pub plan_id: String,
     pub plan_name: String,
     pub status: String,
+    /// The pid of another live process that runs the plan (`running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
     pub total_shards: u64,
     pub pending_shards: u64,
     pub claimed_shards: u64,
@@ -309,6 +316,7 @@ pub fn status(plan: &PlanRecord, live: Live, status: &str) -> Status {
         plan_id: plan_id_text(&plan.plan_id),
         plan_name: plan.manifest.spec.name.clone(),
         status: status.to_string(),
+        owner_pid: None,
         total_shards: total,
         pending_shards: pending_all - claimed - running,
         claimed_shards: claimed,
@@ -329,7 +337,10 @@ impl Report {
             "plan      {} ({})\n",
             self.plan_name, self.plan_id
         ));
-        out.push_str(&format!("status    {}\n", self.status));
+        match self.owner_pid {
+            Some(pid) => out.push_str(&format!("status    {} (pid {pid})\n", self.status)),
+            None => out.push_str(&format!("status    {}\n", self.status)),
+        }
         out.push_str(&format!(
             "shards    {} total, {} done ({} reused), {} failed, {} pending\n",
             self.total_shards,

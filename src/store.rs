@@ -543,6 +543,23 @@ impl Index {
     }
 }
 
+/// The file in the store directory listing the plans its owner runs.
+pub const RUNNING_FILE_NAME: &str = "RUNNING";
+
+/// Whether a process with this pid exists (signal 0 checks, sends nothing).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it only reports whether
+    // the process exists (EPERM: it does, owned by someone else).
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Called once per durable commit group, with its batches in log order.
 type Listener = Box<dyn Fn(&[Vec<Record>]) + Send + Sync>;
 
@@ -904,6 +921,58 @@ impl Store {
             tail_check,
             on_frame,
         )?)
+    }
+
+    /// Whether this store was opened with the store lock (it may write).
+    pub fn is_owner(&self) -> bool {
+        self.owner
+    }
+
+    /// Tells readers in other processes which plans this owner runs now:
+    /// `RUNNING` in the store directory, replaced whole (written beside it,
+    /// then renamed). Best effort: a reader that cannot read it sees the
+    /// plans as interrupted, which is what a crash leaves too.
+    pub fn publish_running(&self, plans: &[PlanId]) {
+        if !self.owner {
+            return;
+        }
+        let mut text = format!("{}\n", std::process::id());
+        for plan_id in plans {
+            text.push_str(&plan_id_text(plan_id));
+            text.push('\n');
+        }
+        let path = self.dir.join(RUNNING_FILE_NAME);
+        let staged = self.dir.join(format!("{RUNNING_FILE_NAME}.tmp"));
+        let written = std::fs::write(&staged, text).and_then(|()| std::fs::rename(&staged, &path));
+        if let Err(error) = written {
+            tracing::warn!(
+                "cannot publish the running plans in {}: {error}",
+                path.display()
+            );
+        }
+    }
+
+    /// The plans another live process runs in this store, and its pid:
+    /// read from `RUNNING`, trusted only while its pid is the store lock's
+    /// holder's and that process is alive (a killed owner's list is stale).
+    pub fn running_elsewhere(&self) -> Option<(u32, Vec<PlanId>)> {
+        let text = std::fs::read_to_string(self.dir.join(RUNNING_FILE_NAME)).ok()?;
+        let mut lines = text.lines();
+        let pid: u32 = lines.next()?.trim().parse().ok()?;
+        let holder: u32 = std::fs::read_to_string(self.dir.join(log::lock::LOCK_FILE_NAME))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        if pid != holder || pid == std::process::id() || !process_alive(pid) {
+            return None;
+        }
+        let plans = lines
+            .filter_map(|line| parse_plan_id(line.trim()))
+            .collect();
+        Some((pid, plans))
     }
 
     /// Drains the writer, syncs and releases the store lock.

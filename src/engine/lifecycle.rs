@@ -389,7 +389,7 @@ impl Engine {
     /// A plan's status now.
     pub fn plan_status(&self, plan_id: &PlanId) -> Result<PlanStatus, EngineError> {
         let entry = self.entry(plan_id)?;
-        let running = self.is_running(plan_id);
+        let running = self.is_running(plan_id) || self.owner_pid(plan_id).is_some();
         let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
         Ok(status_of(&plan, running))
     }

@@ -150,6 +150,11 @@ pub struct Engine {
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Background runs that ended interrupted.
     interrupted_runs: AtomicUsize,
+    /// For a reader: the plans another live process runs in this store,
+    /// and its pid (read once, at open).
+    elsewhere: Option<(u32, std::collections::HashSet<PlanId>)>,
+    /// Serialises rewrites of the store's list of running plans.
+    running_file: Mutex<()>,
     /// Serialises the lifecycle verbs: a state check and the move it allows
     /// happen under it, so two verbs never both pass the same check.
     verbs: Mutex<()>,
@@ -175,6 +180,13 @@ impl Engine {
     }
 
     pub fn with_store(settings: Settings, store: Arc<Store>) -> Arc<Engine> {
+        let elsewhere = (!store.is_owner())
+            .then(|| store.running_elsewhere())
+            .flatten()
+            .map(|(pid, plans)| (pid, plans.into_iter().collect()));
+        // An owner starts with nothing running: a list a killed owner left
+        // is replaced.
+        store.publish_running(&[]);
         let bus = Arc::new(Bus::new(settings.genesis_enabled, store.last_event_seq()));
         store.restore_events(&bus);
         let engine = Arc::new(Engine {
@@ -185,6 +197,8 @@ impl Engine {
             runs_max: AtomicUsize::new(usize::MAX),
             background: Mutex::new(Vec::new()),
             interrupted_runs: AtomicUsize::new(0),
+            elsewhere,
+            running_file: Mutex::new(()),
             verbs: Mutex::new(()),
         });
         // Durable events go to the log; per-shard events are published once
@@ -281,26 +295,45 @@ impl Engine {
             .plan_id;
         // Taken before the plan's lock: `live` reads the plan's counts too.
         let live = self.live(&plan_id);
+        let running = live.running_now || self.owner_pid(&plan_id).is_some();
         let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-        let status = lifecycle::status_of(&plan, live.running_now);
+        let status = lifecycle::status_of(&plan, running);
         view(&plan, live, status)
+    }
+
+    /// The pid of another live process that runs `plan_id` in this store
+    /// (seen by a reader, as of its open).
+    pub fn owner_pid(&self, plan_id: &PlanId) -> Option<u32> {
+        let (pid, plans) = self.elsewhere.as_ref()?;
+        plans.contains(plan_id).then_some(*pid)
+    }
+
+    /// Rewrites the store's list of the plans running here, for readers in
+    /// other processes.
+    pub(super) fn publish_running(&self) {
+        let _serial = self.running_file.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.publish_running(&self.running_plans());
     }
 
     /// The plan's report (live counts if it runs in this process).
     pub fn report(&self, plan_id: &PlanId) -> Result<Report, EngineError> {
         let entry = self.entry(plan_id)?;
-        Ok(self.view_plan(&entry, |plan, live, status| {
+        let mut report = self.view_plan(&entry, |plan, live, status| {
             report::build(plan, live, status.name())
-        }))
+        });
+        report.owner_pid = self.owner_pid(plan_id);
+        Ok(report)
     }
 
     /// The guide's status fields only: constant time in the plan's size
     /// (no per-shard pass), for pollers (`GET /api/hxo/status`).
     pub fn status(&self, plan_id: &PlanId) -> Result<report::Status, EngineError> {
         let entry = self.entry(plan_id)?;
-        Ok(self.view_plan(&entry, |plan, live, status| {
+        let mut status = self.view_plan(&entry, |plan, live, status| {
             report::status(plan, live, status.name())
-        }))
+        });
+        status.owner_pid = self.owner_pid(plan_id);
+        Ok(status)
     }
 
     /// Every plan's status line, in acceptance order.
@@ -309,9 +342,13 @@ impl Engine {
         plans
             .iter()
             .map(|entry| {
-                self.view_plan(entry, |plan, live, status| PlanSummary {
-                    status: report::status(plan, live, status.name()),
-                    started_at: report::rfc3339(plan.accepted_at_ms),
+                self.view_plan(entry, |plan, live, status| {
+                    let mut line = report::status(plan, live, status.name());
+                    line.owner_pid = self.owner_pid(&plan.plan_id);
+                    PlanSummary {
+                        status: line,
+                        started_at: report::rfc3339(plan.accepted_at_ms),
+                    }
                 })
             })
             .collect()

@@ -117,6 +117,7 @@ impl Drop for RunTicket {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.plan_id);
+        self.engine.publish_running();
     }
 }
 
@@ -144,6 +145,8 @@ impl Engine {
                 rate: Arc::new(RateWindow::new()),
             },
         );
+        drop(running);
+        self.publish_running();
         Ok(RunTicket {
             engine: self.clone(),
             plan_id,

@@ -37,6 +37,9 @@
 //!   index. Indices are consecutive; records are in log order across
 //!   segments in index order, and within a segment by offset.
 //! - `LOCK`: the store lock (see [`super::lock`]); holds the owner's pid.
+//! - `RUNNING` (and `RUNNING.tmp` while it is replaced): the owner's pid and
+//!   the plans it runs, for readers in other processes; written by the
+//!   store (`crate::store::Store::publish_running`), not part of the log.
 //! - transient, while a segment is being created: `NNNNNNNN.seg.tmp`;
 //!   while compacting: the directories `compact.tmp/` and `compact.ready/`
 //!   (see [`super::compact`](mod@super::compact)). Recovery removes or finishes them.

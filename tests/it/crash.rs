@@ -196,3 +196,57 @@ fn a_kill_keeps_the_outcomes_of_slow_shards_that_finished() {
     assert!(kept >= 45, "kept {kept} outcomes: {row}");
     assert_eq!(row["status"], "interrupted", "{row}");
 }
+
+/// A reader beside a live `hxo run` sees its plan as running, with the
+/// owner's pid, and its counts grow; after the owner is killed the plan
+/// reads interrupted (a dead owner's list is not trusted).
+#[test]
+fn readers_see_a_plan_another_live_process_runs_as_running() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "watched.json",
+        r#"{"name": "watched", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 400, "sleep_ms": 20}}]}"#,
+    );
+    let mut child = sandbox
+        .command(&["run", &plan.to_string_lossy()])
+        .env("HXO_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (plan_id, first_done) = loop {
+        assert!(std::time::Instant::now() < deadline, "never seen running");
+        let plans = sandbox.run(&["plans", "--json"]);
+        if code(&plans) == 0 {
+            let plans = json(&plans);
+            if let Some(row) = plans["plans"].get(0) {
+                if row["status"] == "running" && row["done_shards"].as_u64().unwrap() > 0 {
+                    assert_eq!(row["owner_pid"], child.id(), "{row}");
+                    break (
+                        row["plan_id"].as_str().unwrap().to_string(),
+                        row["done_shards"].as_u64().unwrap(),
+                    );
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = json(&sandbox.run(&["status", "--json", &plan_id]));
+    assert_eq!(status["status"], "running", "{status}");
+    assert!(
+        status["done_shards"].as_u64().unwrap() > first_done,
+        "{status}"
+    );
+    let text = stdout(&sandbox.run(&["report", &plan_id]));
+    assert!(
+        text.contains(&format!("running (pid {})", child.id())),
+        "{text}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = json(&sandbox.run(&["status", "--json", &plan_id]));
+    assert_eq!(status["status"], "interrupted", "{status}");
+    assert!(status.get("owner_pid").is_none(), "{status}");
+}
