@@ -547,7 +547,7 @@ impl Index {
 pub const RUNNING_FILE_NAME: &str = "RUNNING";
 
 /// Whether a process with this pid exists (signal 0 checks, sends nothing).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

@@ -5,7 +5,7 @@
 use super::progress::Bar;
 use super::{exit, Cli, CliError, Command, GlobalArgs, PlanCommand};
 use crate::engine::lifecycle::AbortOutcome;
-use crate::engine::{self, Compiled, Engine, RunEnd, RunSummary, RunTicket};
+use crate::engine::{self, Compiled, Engine, Request, RunEnd, RunSummary, RunTicket};
 use crate::hash::to_hex;
 use crate::http::{Service, ServiceConfig};
 use crate::ids::plan_id_text;
@@ -559,7 +559,13 @@ fn resume_plans(
 }
 
 fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
-    let engine = open_engine(global)?;
+    let engine = match open_engine(global) {
+        Ok(engine) => engine,
+        Err(CliError::Engine(error)) if error.is_locked() => {
+            return ask_owner(global, Request::Replay, text, error)
+        }
+        Err(error) => return Err(error),
+    };
     let outcome = (|| -> Result<RunSummary, CliError> {
         let plan_id = engine.find(text)?;
         let (ticket, count) = engine.replay(&plan_id, &whoami())?;
@@ -574,7 +580,13 @@ fn replay(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
 }
 
 fn abort(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
-    let engine = open_engine(global)?;
+    let engine = match open_engine(global) {
+        Ok(engine) => engine,
+        Err(CliError::Engine(error)) if error.is_locked() => {
+            return ask_owner(global, Request::Abort, text, error)
+        }
+        Err(error) => return Err(error),
+    };
     let result = engine
         .find(text)
         .and_then(|plan_id| Ok((plan_id, engine.abort(&plan_id, &whoami(), ABORT_WAIT)?)));
@@ -588,6 +600,35 @@ fn abort(global: &GlobalArgs, text: &str) -> Result<u8, CliError> {
         emit_json(&json!({"plan_id": plan_id_text(&plan_id), "status": status}))?;
     } else {
         emit(&format!("plan {} {status}\n", plan_id_text(&plan_id)))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Hands a verb to the live process that owns the store, and reports its
+/// answer; with no live owner, the store's lock error stands.
+fn ask_owner(
+    global: &GlobalArgs,
+    request: Request,
+    text: &str,
+    locked: engine::EngineError,
+) -> Result<u8, CliError> {
+    let settings = settings(global)?;
+    let Some(answer) = engine::ask_owner(&settings, request, text, &whoami())? else {
+        return Err(locked.into());
+    };
+    if !answer.applied {
+        return Err(CliError::Usage(format!(
+            "the store's owner (pid {}): {}",
+            answer.owner_pid, answer.message
+        )));
+    }
+    if global.json {
+        emit_json(&json!({"plan": text, "status": answer.message, "owner_pid": answer.owner_pid}))?;
+    } else {
+        emit(&format!(
+            "plan {text}: {} by the store's owner (pid {})\n",
+            answer.message, answer.owner_pid
+        ))?;
     }
     Ok(exit::SUCCESS)
 }

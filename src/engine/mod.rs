@@ -19,11 +19,13 @@ pub mod certify;
 pub mod compile;
 pub mod lifecycle;
 pub mod merge;
+pub mod requests;
 pub mod run;
 
 pub use certify::{Certification, Verification};
 pub use compile::{check_sliceable, compile, CompileError, Compiled};
 pub use lifecycle::{PlanStatus, Verb};
+pub use requests::{ask_owner, Answer, Request};
 pub use run::RunTicket;
 
 use crate::events::{self, Bus, ShardEvent};
@@ -86,6 +88,16 @@ pub enum EngineError {
     Spawn(#[source] std::io::Error),
     #[error("writing the output")]
     Output(#[source] std::io::Error),
+}
+
+impl EngineError {
+    /// Whether another process owns the store (holds its lock).
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Store(StoreError::Log(crate::log::LogError::Locked { .. }))
+        )
+    }
 }
 
 /// How a run ended.
@@ -153,6 +165,11 @@ pub struct Engine {
     /// For a reader: the plans another live process runs in this store,
     /// and its pid (read once, at open).
     elsewhere: Option<(u32, std::collections::HashSet<PlanId>)>,
+    /// Set by `close`: the request watcher ends.
+    closed: std::sync::atomic::AtomicBool,
+    /// The owner's watcher of requests from other processes, and the
+    /// sender whose drop ends it at once.
+    watcher: Mutex<Option<(JoinHandle<()>, crossbeam_channel::Sender<()>)>>,
     /// Serialises rewrites of the store's list of running plans.
     running_file: Mutex<()>,
     /// Serialises the lifecycle verbs: a state check and the move it allows
@@ -198,6 +215,8 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             interrupted_runs: AtomicUsize::new(0),
             elsewhere,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            watcher: Mutex::new(None),
             running_file: Mutex::new(()),
             verbs: Mutex::new(()),
         });
@@ -223,6 +242,9 @@ impl Engine {
                 publish_shard_events(&bus, group);
             }
         }));
+        if engine.store.is_owner() {
+            engine.watch_requests();
+        }
         engine
     }
 
@@ -299,6 +321,11 @@ impl Engine {
         let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
         let status = lifecycle::status_of(&plan, running);
         view(&plan, live, status)
+    }
+
+    /// For a reader: the pid of the live process that owns the store.
+    pub fn owner(&self) -> Option<u32> {
+        self.elsewhere.as_ref().map(|(pid, _)| *pid)
     }
 
     /// The pid of another live process that runs `plan_id` in this store
@@ -443,6 +470,17 @@ impl Engine {
     /// Stops publishing, drains the log writer, syncs and releases the
     /// store. Background runs must have ended ([`Engine::wait_runs`]).
     pub fn close(&self) -> Result<(), EngineError> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A request being applied is answered before the store closes.
+        let watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((watcher, stop)) = watcher {
+            drop(stop);
+            let _ = watcher.join();
+        }
         self.bus.close();
         self.store.close()?;
         Ok(())

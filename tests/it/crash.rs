@@ -250,3 +250,53 @@ fn readers_see_a_plan_another_live_process_runs_as_running() {
     assert_eq!(status["status"], "interrupted", "{status}");
     assert!(status.get("owner_pid").is_none(), "{status}");
 }
+
+/// `hxo abort` from another shell while `hxo run` owns the store hands
+/// the verb to the owner, which stops its run (exit 4, aborted) within a
+/// second; a replay asked of an `hxo run` owner is refused, exit 2.
+#[test]
+fn another_shell_aborts_a_cli_run_through_its_owner() {
+    let sandbox = Sandbox::new();
+    let plan = sandbox.plan(
+        "long.json",
+        r#"{"name": "long", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 400, "sleep_ms": 50}}]}"#,
+    );
+    let mut child = sandbox
+        .command(&["run", &plan.to_string_lossy()])
+        .env("HXO_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let plan_id = loop {
+        assert!(std::time::Instant::now() < deadline, "never seen running");
+        let plans = sandbox.run(&["plans", "--json"]);
+        if code(&plans) == 0 {
+            let plans = json(&plans);
+            if plans["plans"][0]["status"] == "running" {
+                break plans["plans"][0]["plan_id"].as_str().unwrap().to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let replay = sandbox.run(&["replay", &plan_id]);
+    assert_code(&replay, 2);
+    assert!(
+        stderr(&replay).contains("runs one plan"),
+        "{}",
+        stderr(&replay)
+    );
+    let asked = std::time::Instant::now();
+    let abort = sandbox.run(&["abort", "--json", &plan_id]);
+    assert_code(&abort, 0);
+    let answer = json(&abort);
+    assert_eq!(answer["status"], "aborted", "{answer}");
+    assert_eq!(answer["owner_pid"], child.id(), "{answer}");
+    let status = child.wait().unwrap();
+    // A bound on a hang, not a speed: the owner looks every 50 ms.
+    assert!(asked.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(4), "{status:?}");
+    let after = json(&sandbox.run(&["status", "--json", &plan_id]));
+    assert_eq!(after["status"], "aborted", "{after}");
+}
