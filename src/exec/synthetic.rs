@@ -64,8 +64,23 @@ impl Synthetic {
         (bits >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A unit's digest: its seed block hashed `work_iters` times, looking
+    /// at the cancel token every `CANCEL_CHECK_EVERY` iterations.
+    #[inline]
     fn unit_digest(&self, ctx: &ShardContext<'_>, unit: u64) -> Result<Hash, ExecError> {
-        let input = ctx.input;
+        let mut digest = self.unit_seed(ctx.input, unit);
+        for iteration in 1..=self.work_iters {
+            digest = sha256(&digest);
+            if iteration % CANCEL_CHECK_EVERY == 0 {
+                check_cancel(ctx)?;
+            }
+        }
+        Ok(digest)
+    }
+
+    /// A unit's 32-byte seed block: the seed and the unit's identity.
+    #[inline]
+    fn unit_seed(&self, input: &PartitionInput, unit: u64) -> Hash {
         let mut block = [0u8; 32];
         block[..8].copy_from_slice(&self.seed.to_le_bytes());
         match input {
@@ -83,14 +98,7 @@ impl Synthetic {
                 block[16..].copy_from_slice(&sha256(nodes[unit as usize].as_bytes())[..16]);
             }
         }
-        let mut digest = block;
-        for iteration in 1..=self.work_iters {
-            digest = sha256(&digest);
-            if iteration % CANCEL_CHECK_EVERY == 0 {
-                check_cancel(ctx)?;
-            }
-        }
-        Ok(digest)
+        block
     }
 }
 
@@ -100,6 +108,7 @@ impl Synthetic {
 const CANCEL_CHECK_EVERY: u64 = 2048;
 
 /// `Err` once the shard is cancelled: timed out, or the run stopped.
+#[inline]
 fn check_cancel(ctx: &ShardContext<'_>) -> Result<(), ExecError> {
     if !ctx.cancel.is_cancelled() {
         return Ok(());
@@ -155,8 +164,13 @@ impl Executor for Synthetic {
                 Duration::from_millis(self.sleep_ms.saturating_mul(unit_count)),
             )?;
         }
+        if unit_count == 1 && self.work_iters == 0 {
+            // The common no-op case: nothing to cancel, no allocation.
+            return Ok(crate::merkle::leaf_hash(
+                &self.unit_seed(ctx.input, ctx.units.start),
+            ));
+        }
         if unit_count == 1 {
-            // The common no-op case, without an allocation.
             return Ok(crate::merkle::leaf_hash(
                 &self.unit_digest(ctx, ctx.units.start)?,
             ));

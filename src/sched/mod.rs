@@ -418,8 +418,8 @@ const HANDOVER_ALONE_US: u64 = 1_000;
 struct Batch<'a> {
     outcomes: Vec<Outcome>,
     // INVARIANT: `Some` only while `outcomes` holds an outcome batched by
-    // `push_timed`: when the oldest of those ended.
-    opened_at: Option<Instant>,
+    // `push_timed`: when the oldest of those ended, plus HANDOVER_DELAY.
+    hand_over_at: Option<Instant>,
     sink: &'a dyn OutcomeSink,
 }
 
@@ -427,7 +427,7 @@ impl<'a> Batch<'a> {
     fn new(capacity: usize, sink: &'a dyn OutcomeSink) -> Batch<'a> {
         Batch {
             outcomes: Vec::with_capacity(capacity),
-            opened_at: None,
+            hand_over_at: None,
             sink,
         }
     }
@@ -449,15 +449,13 @@ impl<'a> Batch<'a> {
         if slow || self.outcomes.len() >= OUTCOME_BATCH_MAX {
             return self.flush();
         }
-        match self.opened_at {
+        match self.hand_over_at {
             None => {
-                self.opened_at = Some(ended.unwrap_or_else(Instant::now));
+                self.hand_over_at = Some(ended.unwrap_or_else(Instant::now) + HANDOVER_DELAY);
                 false
             }
-            Some(opened) => {
-                let now = ended.unwrap_or_else(Instant::now);
-                now.saturating_duration_since(opened) >= HANDOVER_DELAY && self.flush()
-            }
+            // One comparison of instants per outcome, no duration built.
+            Some(due) => ended.unwrap_or_else(Instant::now) >= due && self.flush(),
         }
     }
 
@@ -466,7 +464,7 @@ impl<'a> Batch<'a> {
         if self.outcomes.is_empty() {
             return false;
         }
-        self.opened_at = None;
+        self.hand_over_at = None;
         let full = std::mem::replace(&mut self.outcomes, Vec::with_capacity(OUTCOME_BATCH_MAX));
         self.sink.accept(full);
         true
