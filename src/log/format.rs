@@ -40,6 +40,8 @@
 //! - `RUNNING` (and `RUNNING.tmp` while it is replaced): the owner's pid and
 //!   the plans it runs, for readers in other processes; written by the
 //!   store (`crate::store::Store::publish_running`), not part of the log.
+//! - `requests/`: requests from other processes to the owner, and its
+//!   answers (see `crate::engine::requests`), not part of the log.
 //! - transient, while a segment is being created: `NNNNNNNN.seg.tmp`;
 //!   while compacting: the directories `compact.tmp/` and `compact.ready/`
 //!   (see [`super::compact`](mod@super::compact)). Recovery removes or finishes them.
