@@ -77,6 +77,9 @@ pub struct Live {
     /// Shards per second recently observed.
     pub rate_per_second: f64,
     pub running_now: bool,
+    /// The pid of another live process that runs the plan (seen by a
+    /// reader of its store).
+    pub owner_pid: Option<u32>,
 }
 
 /// p-th percentile (0..=100) of `values`, which it reorders.
@@ -141,14 +144,6 @@ pub fn rfc3339(ms: u64) -> String {
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
-}
-
-/// The plan's recorded end, if it carries a root: a worker's slice
-/// records its end but has no root of its own.
-fn root_of(plan: &PlanRecord) -> Option<&crate::store::Finish> {
-    plan.finished
-        .as_ref()
-        .filter(|_| plan.manifest.worker.is_none())
 }
 
 /// The report of a plan whose lifecycle status is `status`.
@@ -241,7 +236,7 @@ pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
         plan_id: plan_id_text(&plan.plan_id),
         plan_name: plan.manifest.spec.name.clone(),
         status,
-        owner_pid: None,
+        owner_pid: live.owner_pid,
         total_shards: total,
         pending_shards: pending_all - claimed - running,
         claimed_shards: claimed,
@@ -250,8 +245,8 @@ pub fn build(plan: &PlanRecord, live: Live, status: &str) -> Report {
         failed_shards: counts.failed + counts.aborted,
         aborted_shards: counts.aborted,
         reused_shards: counts.reused,
-        merkle_root: root_of(plan).map(|f| to_hex(&f.root)),
-        tree_size: root_of(plan).map_or(0, |f| f.tree_size),
+        merkle_root: plan.recorded_root().map(|f| to_hex(&f.root)),
+        tree_size: plan.recorded_root().map_or(0, |f| f.tree_size),
         truth_certified: plan.truth_certified(),
         started_at: rfc3339(plan.accepted_at_ms),
         finished_at: plan.finished.as_ref().map(|f| rfc3339(f.at_ms)),
@@ -316,14 +311,14 @@ pub fn status(plan: &PlanRecord, live: Live, status: &str) -> Status {
         plan_id: plan_id_text(&plan.plan_id),
         plan_name: plan.manifest.spec.name.clone(),
         status: status.to_string(),
-        owner_pid: None,
+        owner_pid: live.owner_pid,
         total_shards: total,
         pending_shards: pending_all - claimed - running,
         claimed_shards: claimed,
         running_shards: running,
         done_shards: counts.done,
         failed_shards: counts.failed + counts.aborted,
-        merkle_root: root_of(plan).map(|f| to_hex(&f.root)),
+        merkle_root: plan.recorded_root().map(|f| to_hex(&f.root)),
         truth_certified: plan.truth_certified(),
         eta_seconds,
     }

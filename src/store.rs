@@ -190,6 +190,14 @@ impl PlanRecord {
         })
     }
 
+    /// The recorded end's root, if the plan has one: a worker's slice
+    /// records its end but has no root of its own (`hxo merge` makes it).
+    pub fn recorded_root(&self) -> Option<&Finish> {
+        self.finished
+            .as_ref()
+            .filter(|_| self.manifest.worker.is_none())
+    }
+
     /// Shards still without an outcome that this store's run owns: all of
     /// the plan's, or a worker's own slice of them.
     pub fn owned_pending_count(&self) -> u64 {
@@ -418,6 +426,15 @@ pub enum StoreError {
 pub struct PlanEntry {
     pub record: Mutex<PlanRecord>,
     pub changed: Condvar,
+}
+
+impl PlanEntry {
+    pub fn plan_id(&self) -> PlanId {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan_id
+    }
 }
 
 #[derive(Default)]

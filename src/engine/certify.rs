@@ -7,7 +7,7 @@
 //! reread is here, not in the store: the store is the log and its index,
 //! and knows nothing of trees.
 
-use super::lifecycle::{CertifiedFacts, FinishFacts, PlanStatus};
+use super::lifecycle::{CertifiedFacts, FinishFacts};
 use super::{Engine, EngineError};
 use crate::events;
 use crate::hash::{to_hex, Hash};
@@ -200,13 +200,12 @@ impl Engine {
     /// the recorded root (`hxo verify`).
     pub fn verify(&self, plan_id: &PlanId) -> Result<Verification, EngineError> {
         let entry = self.entry(plan_id)?;
-        let recorded = {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            // A worker's slice has no root to verify: `hxo merge` makes one.
-            plan.finished
-                .clone()
-                .filter(|_| plan.manifest.worker.is_none())
-        };
+        let recorded = entry
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recorded_root()
+            .cloned();
         let Some(finish) = recorded else {
             return Err(EngineError::NoRoot {
                 plan_id: plan_id_text(plan_id),
@@ -262,21 +261,11 @@ impl Engine {
                 cas_id: cas_text.to_string(),
                 reason,
             })?;
-        let root = plan
-            .finished
-            .clone()
-            .filter(|_| plan.manifest.worker.is_none());
-        let Some(finish) = root else {
-            let status = super::lifecycle::status_of(&plan, false);
+        let Some(finish) = plan.recorded_root().cloned() else {
             drop(plan);
-            let status = if self.is_running(plan_id) {
-                PlanStatus::Running
-            } else {
-                status
-            };
             return Err(EngineError::NoRoot {
                 plan_id: plan_id_text(plan_id),
-                status,
+                status: self.plan_status(plan_id)?,
             });
         };
         let leaves = leaf_hashes(&plan);

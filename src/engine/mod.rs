@@ -265,13 +265,7 @@ impl Engine {
     pub fn find(&self, text: &str) -> Result<PlanId, EngineError> {
         self.store
             .find(text)
-            .map(|entry| {
-                entry
-                    .record
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .plan_id
-            })
+            .map(|entry| entry.plan_id())
             .ok_or_else(|| EngineError::UnknownPlan(text.to_string()))
     }
 
@@ -280,13 +274,7 @@ impl Engine {
         self.store
             .plans()
             .iter()
-            .map(|entry| {
-                entry
-                    .record
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .plan_id
-            })
+            .map(|entry| entry.plan_id())
             .collect()
     }
 
@@ -310,14 +298,13 @@ impl Engine {
         entry: &PlanEntry,
         view: impl FnOnce(&PlanRecord, Live, PlanStatus) -> T,
     ) -> T {
-        let plan_id = entry
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .plan_id;
+        let plan_id = entry.plan_id();
         // Taken before the plan's lock: `live` reads the plan's counts too.
-        let live = self.live(&plan_id);
-        let running = live.running_now || self.owner_pid(&plan_id).is_some();
+        let live = Live {
+            owner_pid: self.owner_pid(&plan_id),
+            ..self.live(&plan_id)
+        };
+        let running = live.running_now || live.owner_pid.is_some();
         let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
         let status = lifecycle::status_of(&plan, running);
         view(&plan, live, status)
@@ -345,22 +332,18 @@ impl Engine {
     /// The plan's report (live counts if it runs in this process).
     pub fn report(&self, plan_id: &PlanId) -> Result<Report, EngineError> {
         let entry = self.entry(plan_id)?;
-        let mut report = self.view_plan(&entry, |plan, live, status| {
+        Ok(self.view_plan(&entry, |plan, live, status| {
             report::build(plan, live, status.name())
-        });
-        report.owner_pid = self.owner_pid(plan_id);
-        Ok(report)
+        }))
     }
 
     /// The guide's status fields only: constant time in the plan's size
     /// (no per-shard pass), for pollers (`GET /api/hxo/status`).
     pub fn status(&self, plan_id: &PlanId) -> Result<report::Status, EngineError> {
         let entry = self.entry(plan_id)?;
-        let mut status = self.view_plan(&entry, |plan, live, status| {
+        Ok(self.view_plan(&entry, |plan, live, status| {
             report::status(plan, live, status.name())
-        });
-        status.owner_pid = self.owner_pid(plan_id);
-        Ok(status)
+        }))
     }
 
     /// Every plan's status line, in acceptance order.
@@ -369,13 +352,9 @@ impl Engine {
         plans
             .iter()
             .map(|entry| {
-                self.view_plan(entry, |plan, live, status| {
-                    let mut line = report::status(plan, live, status.name());
-                    line.owner_pid = self.owner_pid(&plan.plan_id);
-                    PlanSummary {
-                        status: line,
-                        started_at: report::rfc3339(plan.accepted_at_ms),
-                    }
+                self.view_plan(entry, |plan, live, status| PlanSummary {
+                    status: report::status(plan, live, status.name()),
+                    started_at: report::rfc3339(plan.accepted_at_ms),
                 })
             })
             .collect()
@@ -414,16 +393,17 @@ impl Engine {
         let (control, rate) = (run.control.clone(), run.rate.clone());
         drop(running);
         let (claimed, running) = control.live_counts();
-        let finished_now = self.store.plan(plan_id).map_or(0, |entry| {
-            let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
-            plan.shard_count() - plan.pending_count()
-        });
+        let finished_now = self
+            .store
+            .plan(plan_id)
+            .map_or(0, |entry| run::finished_count(&entry));
         Live {
             claimed,
             running,
             // The ETA comes from this run's recent rate, not a constant.
             rate_per_second: rate.per_second(finished_now),
             running_now: true,
+            owner_pid: None,
         }
     }
 

@@ -85,7 +85,7 @@ impl RateWindow {
 }
 
 /// Shards of the plan with an outcome (durable).
-fn finished_count(entry: &PlanEntry) -> u64 {
+pub(super) fn finished_count(entry: &PlanEntry) -> u64 {
     let plan = entry.record.lock().unwrap_or_else(|e| e.into_inner());
     plan.shard_count() - plan.pending_count()
 }
@@ -134,10 +134,7 @@ impl Engine {
         if running.contains_key(&plan_id) {
             return Err(EngineError::Running(plan_id_text(&plan_id)));
         }
-        let runs_max = self.runs_max.load(Ordering::SeqCst);
-        if running.len() >= runs_max {
-            return Err(EngineError::AtCapacity { runs_max });
-        }
+        self.capacity_left(running.len())?;
         running.insert(
             plan_id,
             RunningPlan {
@@ -158,8 +155,14 @@ impl Engine {
     /// Refuses with [`EngineError::AtCapacity`] while every run slot is
     /// taken (a hint: [`Engine::reserve`] decides).
     pub(super) fn check_capacity(&self) -> Result<(), EngineError> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.capacity_left(running)
+    }
+
+    /// Refuses another run when `running` runs take every slot.
+    fn capacity_left(&self, running: usize) -> Result<(), EngineError> {
         let runs_max = self.runs_max.load(Ordering::SeqCst);
-        if self.running.lock().unwrap_or_else(|e| e.into_inner()).len() >= runs_max {
+        if running >= runs_max {
             return Err(EngineError::AtCapacity { runs_max });
         }
         Ok(())
