@@ -171,21 +171,8 @@ fn a_kill_keeps_the_outcomes_of_slow_shards_that_finished() {
         "slow.json",
         r#"{"name": "slow", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 2000, "sleep_ms": 100}}]}"#,
     );
-    let mut child = sandbox
-        .command(&["run", &plan.to_string_lossy()])
-        .env("HXO_THREADS", "2")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sandbox.db().join("00000000.seg").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut child = sandbox.spawn_quiet(&["run", &plan.to_string_lossy()], &[("HXO_THREADS", "2")]);
+    sandbox.wait_for_store();
     std::thread::sleep(std::time::Duration::from_secs(3));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -207,31 +194,11 @@ fn readers_see_a_plan_another_live_process_runs_as_running() {
         "watched.json",
         r#"{"name": "watched", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 400, "sleep_ms": 20}}]}"#,
     );
-    let mut child = sandbox
-        .command(&["run", &plan.to_string_lossy()])
-        .env("HXO_THREADS", "2")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let (plan_id, first_done) = loop {
-        assert!(std::time::Instant::now() < deadline, "never seen running");
-        let plans = sandbox.run(&["plans", "--json"]);
-        if code(&plans) == 0 {
-            let plans = json(&plans);
-            if let Some(row) = plans["plans"].get(0) {
-                if row["status"] == "running" && row["done_shards"].as_u64().unwrap() > 0 {
-                    assert_eq!(row["owner_pid"], child.id(), "{row}");
-                    break (
-                        row["plan_id"].as_str().unwrap().to_string(),
-                        row["done_shards"].as_u64().unwrap(),
-                    );
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut child = sandbox.spawn_quiet(&["run", &plan.to_string_lossy()], &[("HXO_THREADS", "2")]);
+    let row = sandbox.wait_running();
+    assert_eq!(row["owner_pid"], child.id(), "{row}");
+    let plan_id = row["plan_id"].as_str().unwrap().to_string();
+    let first_done = row["done_shards"].as_u64().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let status = json(&sandbox.run(&["status", "--json", &plan_id]));
     assert_eq!(status["status"], "running", "{status}");
@@ -261,25 +228,11 @@ fn another_shell_aborts_a_cli_run_through_its_owner() {
         "long.json",
         r#"{"name": "long", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 400, "sleep_ms": 50}}]}"#,
     );
-    let mut child = sandbox
-        .command(&["run", &plan.to_string_lossy()])
-        .env("HXO_THREADS", "2")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let plan_id = loop {
-        assert!(std::time::Instant::now() < deadline, "never seen running");
-        let plans = sandbox.run(&["plans", "--json"]);
-        if code(&plans) == 0 {
-            let plans = json(&plans);
-            if plans["plans"][0]["status"] == "running" {
-                break plans["plans"][0]["plan_id"].as_str().unwrap().to_string();
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut child = sandbox.spawn_quiet(&["run", &plan.to_string_lossy()], &[("HXO_THREADS", "2")]);
+    let plan_id = sandbox.wait_running()["plan_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let replay = sandbox.run(&["replay", &plan_id]);
     assert_code(&replay, 2);
     assert!(

@@ -476,22 +476,12 @@ fn sigterm_stops_a_cpu_bound_run_as_interrupted() {
         "spin.json",
         r#"{"name": "spin", "stages": [{"id": "a", "kind": "synthetic", "config": {"shards": 4, "work_iters": 1000000000000}}]}"#,
     );
-    let mut child = sandbox
-        .command(&["run", &plan.to_string_lossy()])
-        .env("HXO_SHARD_TIMEOUT_MS", "600000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the plan is durably accepted, then stop it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sandbox.db().join("00000000.seg").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = sandbox.spawn_quiet(
+        &["run", &plan.to_string_lossy()],
+        &[("HXO_SHARD_TIMEOUT_MS", "600000")],
+    );
+    // Wait until the run has opened the store, then stop it.
+    sandbox.wait_for_store();
     std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: kill(2) on the pid of a child we spawned and have not
     // reaped; it only sends a signal.

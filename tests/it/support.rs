@@ -77,6 +77,50 @@ impl Sandbox {
         path
     }
 
+    /// `hxo ARGS` started in the background, its output discarded.
+    pub fn spawn_quiet(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let mut command = self.command(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting hxo")
+    }
+
+    /// Waits (20 s at most) until a run started in the background has
+    /// opened the store: its first segment exists.
+    pub fn wait_for_store(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.db().join("00000000.seg").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the run never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `hxo plans --json` (20 s at most) until the store's first plan
+    /// is running here or elsewhere with at least one outcome; returns its
+    /// row.
+    pub fn wait_running(&self) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "never seen running");
+            let plans = self.run(&["plans", "--json"]);
+            if code(&plans) == 0 {
+                let row = json(&plans)["plans"][0].clone();
+                if row["status"] == "running" && row["done_shards"].as_u64() > Some(0) {
+                    return row;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// `hxo run --json` of the plan `json` (written as `name`), each shard
     /// tried once, so that a synthetic failure or panic rate shows.
     pub fn run_single_attempts(&self, name: &str, json: &str) -> Output {
